@@ -1,0 +1,150 @@
+// Shared helpers for the mnv3 CPU kernels: argument checks, the memory-format
+// rule every op follows, activations, and vector load/store in the
+// accumulation type (bf16 is widened to fp32, fp64 stays fp64 for gradcheck).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <sstream>
+#include <string>
+
+namespace mnv3 {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------- checks
+
+inline std::string shape_str(const Tensor& t) {
+  std::ostringstream s;
+  s << t.sizes();
+  return s.str();
+}
+
+inline void check_floating(const char* op, const char* name, const Tensor& t) {
+  auto dt = t.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16, op, ": expected ", name,
+              " to be float32, float64 or bfloat16 on the CPU, got ", dt);
+}
+
+inline void check_same(const char* op, const Tensor& x, const char* name, const Tensor& t) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": expected ", name, " on the same device as x (", x.device(), "), got ",
+              t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": expected ", name, " to have the same dtype as x (",
+              x.scalar_type(), "), got ", t.scalar_type());
+}
+
+inline void check_rank4(const char* op, const Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": expected x to be a 4-D (N, C, H, W) tensor, got a ", x.dim(),
+              "-D tensor of shape ", shape_str(x));
+}
+
+// The memory-format rule shared by every op (and by the Python fake kernels):
+// a tensor that is channels_last-contiguous but not plain-contiguous is
+// computed and returned as channels_last; everything else as NCHW.
+inline bool is_channels_last(const Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// ---------------------------------------------------------------- activations
+
+enum class Act { None, ReLU, HSwish };
+
+inline Act parse_act(const char* op, c10::string_view name) {
+  if (name == "none") return Act::None;
+  if (name == "relu") return Act::ReLU;
+  if (name == "hswish") return Act::HSwish;
+  TORCH_CHECK_VALUE(false, op, ": expected act to be one of 'none', 'relu', 'hswish', got '", std::string(name), "'");
+}
+
+// hsigmoid(x) = min(max(x + 3, 0), 6) / 6 and hswish(x) = x * hsigmoid(x),
+// evaluated in the accumulation type (fp32 results are within an ulp of ATen's).
+template <typename T>
+inline T hsigmoid_scalar(T x) {
+  return std::min(std::max(x + T(3), T(0)), T(6)) / T(6);
+}
+
+template <typename V>
+inline V hsigmoid_vec(V x) {
+  return at::vec::minimum(at::vec::maximum(x + V(3), V(0)), V(6)) / V(6);
+}
+
+template <Act A, typename V>
+inline V apply_act(V x) {
+  if constexpr (A == Act::ReLU) return at::vec::maximum(x, V(0));
+  if constexpr (A == Act::HSwish) return x * hsigmoid_vec(x);
+  return x;
+}
+
+template <Act A, typename T>
+inline T apply_act_scalar(T x) {
+  if constexpr (A == Act::ReLU) return std::max(x, T(0));
+  if constexpr (A == Act::HSwish) return x * hsigmoid_scalar(x);
+  return x;
+}
+
+// Calls f.template operator()<A>() with the activation as a compile-time constant.
+template <typename F>
+inline void dispatch_act(Act act, F&& f) {
+  switch (act) {
+    case Act::None: f(std::integral_constant<Act, Act::None>{}); break;
+    case Act::ReLU: f(std::integral_constant<Act, Act::ReLU>{}); break;
+    case Act::HSwish: f(std::integral_constant<Act, Act::HSwish>{}); break;
+  }
+}
+
+// ---------------------------------------------------------------- vector I/O
+
+// Loads and stores scalar_t memory as vectors of the accumulation type.
+template <typename scalar_t>
+struct VecIO {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  static constexpr int64_t kSize = Vec::size();
+
+  static Vec load(const scalar_t* p) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      return Vec::loadu(p);
+    } else {
+      acc_t tmp[kSize];
+      for (int64_t i = 0; i < kSize; ++i) tmp[i] = static_cast<acc_t>(p[i]);
+      return Vec::loadu(tmp);
+    }
+  }
+  static Vec load(const scalar_t* p, int64_t n) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      return Vec::loadu(p, n);
+    } else {
+      acc_t tmp[kSize] = {};
+      for (int64_t i = 0; i < n; ++i) tmp[i] = static_cast<acc_t>(p[i]);
+      return Vec::loadu(tmp);
+    }
+  }
+  static void store(scalar_t* p, const Vec& v) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      v.store(p);
+    } else {
+      acc_t tmp[kSize];
+      v.store(tmp);
+      for (int64_t i = 0; i < kSize; ++i) p[i] = static_cast<scalar_t>(tmp[i]);
+    }
+  }
+  static void store(scalar_t* p, const Vec& v, int64_t n) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      v.store(p, n);
+    } else {
+      acc_t tmp[kSize];
+      v.store(tmp);
+      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<scalar_t>(tmp[i]);
+    }
+  }
+};
+
+#define MNV3_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+}  // namespace mnv3

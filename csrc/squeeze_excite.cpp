@@ -1,0 +1,154 @@
+// mnv3::squeeze_excite: y = x * hsigmoid(W2 relu(W1 mean_hw(x) + b1) + b2).
+// One op, two passes over x: a vectorized pool, the two small matrix-vector
+// products per sample (in fp32, or fp64 for fp64 inputs), then the gated scale.
+#include "common.h"
+
+#include <vector>
+
+namespace mnv3 {
+namespace {
+
+constexpr const char* kOp = "mnv3::squeeze_excite";
+
+template <typename T>
+T dot(const T* a, const T* b, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  Vec acc0(T(0)), acc1(T(0));
+  int64_t i = 0;
+  for (; i + 2 * V <= n; i += 2 * V) {
+    acc0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc0);
+    acc1 = at::vec::fmadd(Vec::loadu(a + i + V), Vec::loadu(b + i + V), acc1);
+  }
+  for (; i + V <= n; i += V) acc0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc0);
+  if (i < n) acc1 = at::vec::fmadd(Vec::loadu(a + i, n - i), Vec::loadu(b + i, n - i), acc1);  // zero-filled tail
+  return at::vec::vec_reduce_all<T>([](Vec p, Vec q) { return p + q; }, acc0 + acc1);
+}
+
+// Matrix (2-D, or the 1x1-conv 4-D form) -> (rows, cols), checked.
+Tensor as_matrix(const Tensor& w, const char* name, int64_t rows, int64_t cols) {
+  const bool ok = (w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1)) && w.size(0) == rows &&
+                  w.size(1) == cols;
+  TORCH_CHECK_VALUE(ok, kOp, ": expected ", name, " of shape (", rows, ", ", cols, ") or (", rows, ", ", cols,
+              ", 1, 1), got ", shape_str(w));
+  return w.reshape({rows, cols});
+}
+
+template <typename scalar_t>
+void se_kernel(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2, Tensor& out,
+               bool channels_last) {
+  using IO = VecIO<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using Vec = typename IO::Vec;
+  constexpr int64_t V = IO::kSize;
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), S = w1.size(0);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  std::vector<acc_t> gate(N * C);  // first the pooled means, then the gates
+
+  // 1. Pool.
+  if (!channels_last) {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 32768 / HW), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t* src = xp + p * HW;
+        Vec acc(acc_t(0));
+        int64_t i = 0;
+        for (; i + V <= HW; i += V) acc = acc + IO::load(src + i);
+        acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec a, Vec b) { return a + b; }, acc);
+        for (; i < HW; ++i) sum += static_cast<acc_t>(src[i]);
+        gate[p] = sum / static_cast<acc_t>(HW);
+      }
+    });
+  } else {
+    // Rows of C channels per pixel; tasks are (sample, channel block) pairs.
+    constexpr int64_t kBlock = 64;
+    const int64_t blocks = (C + kBlock - 1) / kBlock;
+    at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / blocks, c0 = (task % blocks) * kBlock, cn = std::min(kBlock, C - c0);
+        acc_t acc[kBlock] = {};
+        for (int64_t pix = 0; pix < HW; ++pix) {
+          const scalar_t* src = xp + (n * HW + pix) * C + c0;
+          for (int64_t j = 0; j < cn; ++j) acc[j] += static_cast<acc_t>(src[j]);
+        }
+        for (int64_t j = 0; j < cn; ++j) gate[n * C + c0 + j] = acc[j] / static_cast<acc_t>(HW);
+      }
+    });
+  }
+
+  // 2. The excitation: two small matrix-vector products per sample.
+  const acc_t* w1p = w1.const_data_ptr<acc_t>();
+  const acc_t* w2p = w2.const_data_ptr<acc_t>();
+  const acc_t* b1p = b1.const_data_ptr<acc_t>();
+  const acc_t* b2p = b2.const_data_ptr<acc_t>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> hidden(S);
+    for (int64_t n = begin; n < end; ++n) {
+      acc_t* g = gate.data() + n * C;
+      for (int64_t s = 0; s < S; ++s) hidden[s] = std::max(dot(w1p + s * C, g, C) + b1p[s], acc_t(0));
+      for (int64_t c = 0; c < C; ++c) g[c] = hsigmoid_scalar(dot(w2p + c * S, hidden.data(), S) + b2p[c]);
+    }
+  });
+
+  // 3. Scale.
+  if (!channels_last) {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 32768 / HW), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t* src = xp + p * HW;
+        scalar_t* dst = op + p * HW;
+        const Vec gv(gate[p]);
+        int64_t i = 0;
+        for (; i + V <= HW; i += V) IO::store(dst + i, IO::load(src + i) * gv);
+        if (i < HW) IO::store(dst + i, IO::load(src + i, HW - i) * gv, HW - i);
+      }
+    });
+  } else {
+    at::parallel_for(0, N * HW, std::max<int64_t>(1, 32768 / C), [&](int64_t begin, int64_t end) {
+      for (int64_t pix = begin; pix < end; ++pix) {
+        const acc_t* g = gate.data() + (pix / HW) * C;
+        const scalar_t* src = xp + pix * C;
+        scalar_t* dst = op + pix * C;
+        int64_t c = 0;
+        for (; c + V <= C; c += V) IO::store(dst + c, IO::load(src + c) * Vec::loadu(g + c));
+        if (c < C) IO::store(dst + c, IO::load(src + c, C - c) * Vec::loadu(g + c, C - c), C - c);
+      }
+    });
+  }
+}
+
+Tensor squeeze_excite_cpu(const Tensor& x_in, const Tensor& w1_in, const Tensor& b1, const Tensor& w2_in,
+                          const Tensor& b2) {
+  check_rank4(kOp, x_in);
+  TORCH_CHECK_VALUE(x_in.device().is_cpu(), kOp, ": expected x on the CPU, got ", x_in.device());
+  check_floating(kOp, "x", x_in);
+  check_same(kOp, x_in, "w1", w1_in);
+  check_same(kOp, x_in, "b1", b1);
+  check_same(kOp, x_in, "w2", w2_in);
+  check_same(kOp, x_in, "b2", b2);
+  const int64_t C = x_in.size(1);
+  TORCH_CHECK_VALUE(w1_in.dim() >= 1, kOp, ": expected w1 of shape (S, ", C, "), got ", shape_str(w1_in));
+  const int64_t S = w1_in.size(0);
+  const Tensor w1 = as_matrix(w1_in, "w1", S, C);
+  const Tensor w2 = as_matrix(w2_in, "w2", C, S);
+  TORCH_CHECK_VALUE(b1.dim() == 1 && b1.size(0) == S, kOp, ": expected b1 of shape (", S, "), got ", shape_str(b1));
+  TORCH_CHECK_VALUE(b2.dim() == 1 && b2.size(0) == C, kOp, ": expected b2 of shape (", C, "), got ", shape_str(b2));
+
+  const bool channels_last = is_channels_last(x_in);
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const Tensor x = x_in.contiguous(format);
+  Tensor out = at::empty(x.sizes(), x.options().memory_format(format));
+  if (out.numel() == 0) return out;
+
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto acc = [&](const Tensor& t) { return t.to(acc_type).contiguous(); };
+  MNV3_DISPATCH_FLOATING(x.scalar_type(), kOp, [&] {
+    se_kernel<scalar_t>(x, acc(w1), acc(b1), acc(w2), acc(b2), out, channels_last);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mnv3, CPU, m) { m.impl("squeeze_excite", &squeeze_excite_cpu); }
+
+}  // namespace mnv3

@@ -1,0 +1,115 @@
+"""Argument checks shared by the Python side of every op: the references, the
+fake kernels and the Triton launchers.  The C++ kernels make the same checks
+with the same messages; errors are ValueError (shapes, values, devices) or
+TypeError (dtypes), naming what was expected and what came."""
+from __future__ import annotations
+
+import torch
+
+ACTIVATIONS = ("none", "relu", "hswish")
+KERNEL_SIZES = (3, 5)
+STRIDES = (1, 2)
+DILATIONS = (1, 2)
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def check_floating(op: str, name: str, t: torch.Tensor, dtypes=FLOAT_DTYPES) -> None:
+    if t.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{op}: expected {name} to be one of {allowed}, got {t.dtype}")
+
+
+def check_same(op: str, x: torch.Tensor, name: str, t: torch.Tensor) -> None:
+    if t.device != x.device:
+        raise ValueError(f"{op}: expected {name} on the same device as x ({x.device}), got {t.device}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{op}: expected {name} to have the same dtype as x ({x.dtype}), got {t.dtype}")
+
+
+def check_rank4(op: str, x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{op}: expected x to be a 4-D (N, C, H, W) tensor, got a {x.dim()}-D tensor of shape {_shape(x)}")
+
+
+def check_act(op: str, act: str) -> None:
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{op}: expected act to be one of 'none', 'relu', 'hswish', got {act!r}")
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout rule every op follows (and the C++ kernels too): an input that
+    is channels_last-contiguous but not plain-contiguous gives a channels_last
+    output; anything else an NCHW-contiguous one."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def dw_conv_output_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def check_dw_conv_args(x, weight, bias, stride, padding, dilation, act) -> tuple[int, int]:
+    """Validates mnv3::dw_conv_bn_act's arguments; returns the output (Ho, Wo)."""
+    op = "mnv3::dw_conv_bn_act"
+    check_rank4(op, x)
+    check_floating(op, "x", x)
+    check_same(op, x, "weight", weight)
+    C = x.shape[1]
+    if not (weight.dim() == 4 and weight.shape[0] == C and weight.shape[1] == 1 and weight.shape[2] == weight.shape[3]):
+        raise ValueError(
+            f"{op}: expected weight of shape ({C}, 1, k, k) for an input with {C} channels, got {_shape(weight)}"
+        )
+    k = weight.shape[2]
+    if k not in KERNEL_SIZES:
+        raise ValueError(f"{op}: expected a 3x3 or 5x5 kernel, got {k}x{k}")
+    if stride not in STRIDES:
+        raise ValueError(f"{op}: expected stride 1 or 2, got {stride}")
+    if dilation not in DILATIONS:
+        raise ValueError(f"{op}: expected dilation 1 or 2, got {dilation}")
+    if padding < 0:
+        raise ValueError(f"{op}: expected padding >= 0, got {padding}")
+    if bias is not None:
+        check_same(op, x, "bias", bias)
+        if not (bias.dim() == 1 and bias.shape[0] == C):
+            raise ValueError(f"{op}: expected bias of shape ({C}), got {_shape(bias)}")
+    check_act(op, act)
+    H, W = x.shape[2], x.shape[3]
+    Ho = dw_conv_output_size(H, k, stride, padding, dilation)
+    Wo = dw_conv_output_size(W, k, stride, padding, dilation)
+    if Ho <= 0 or Wo <= 0:
+        raise ValueError(
+            f"{op}: input of spatial size {H}x{W} is too small for a {k}x{k} kernel "
+            f"with padding {padding} and dilation {dilation}"
+        )
+    return Ho, Wo
+
+
+def _check_matrix(op, name, w, rows, cols):
+    ok = (w.dim() == 2 or (w.dim() == 4 and w.shape[2] == 1 and w.shape[3] == 1)) and tuple(w.shape[:2]) == (rows, cols)
+    if not ok:
+        raise ValueError(f"{op}: expected {name} of shape ({rows}, {cols}) or ({rows}, {cols}, 1, 1), got {_shape(w)}")
+
+
+def check_se_args(x, w1, b1, w2, b2) -> int:
+    """Validates mnv3::squeeze_excite's arguments; returns the squeeze width S."""
+    op = "mnv3::squeeze_excite"
+    check_rank4(op, x)
+    check_floating(op, "x", x)
+    for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+        check_same(op, x, name, t)
+    C = x.shape[1]
+    if w1.dim() < 1:
+        raise ValueError(f"{op}: expected w1 of shape (S, {C}), got {_shape(w1)}")
+    S = w1.shape[0]
+    _check_matrix(op, "w1", w1, S, C)
+    _check_matrix(op, "w2", w2, C, S)
+    if not (b1.dim() == 1 and b1.shape[0] == S):
+        raise ValueError(f"{op}: expected b1 of shape ({S}), got {_shape(b1)}")
+    if not (b2.dim() == 1 and b2.shape[0] == C):
+        raise ValueError(f"{op}: expected b2 of shape ({C}), got {_shape(b2)}")
+    return S

@@ -1,0 +1,79 @@
+"""The `mnv3` torch library: schemas, the C++ extension, and fallbacks.
+
+Every schema is defined here, in Python, once.  The C++ extension
+(`mnv3_fast._C`) only registers CPU kernels for these names, and the Triton
+module registers CUDA kernels, so the package behaves the same with or without
+either: an op with no compiled kernel for a device runs its PyTorch reference.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from typing import Callable
+
+import torch
+
+from . import reference
+
+LIB = torch.library.Library("mnv3", "DEF")
+
+#: Why the C++ extension is not in use (None when it is).
+EXTENSION_ERROR: str | None = None
+
+
+def _cpu_has(features: set[str]) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return features <= set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return True  # not Linux: trust the build, which targeted the building CPU
+
+
+def _load_extension() -> str | None:
+    """Imports mnv3_fast._C (registering its CPU kernels); returns why not, or None."""
+    if os.environ.get("MNV3_DISABLE_EXTENSION") == "1":
+        return "disabled by MNV3_DISABLE_EXTENSION=1"
+    try:
+        info = importlib.import_module("mnv3_fast._build_info")
+    except ImportError:
+        return "mnv3_fast._C was not built (no compiler during install, or the build failed)"
+    # A binary built against another torch can crash on load; refuse it instead.
+    if info.TORCH_VERSION != torch.__version__:
+        return f"mnv3_fast._C was built against torch {info.TORCH_VERSION}, but torch {torch.__version__} is installed"
+    if info.CPU_ARCH == "avx2" and not _cpu_has({"avx2", "fma"}):
+        return "mnv3_fast._C was built for AVX2+FMA, which this CPU lacks"
+    try:
+        importlib.import_module("mnv3_fast._C")
+    except ImportError as exc:
+        return f"mnv3_fast._C failed to load: {exc}"
+    return None
+
+
+def define(schema: str, reference_impl: Callable, fake: Callable) -> str:
+    """Defines `mnv3::<schema>` with its fake kernel, and registers the reference
+    as the kernel for CPU (when the extension is missing) and CUDA (until a
+    faster kernel replaces it).  Returns the qualified name."""
+    name = schema.split("(", 1)[0]
+    LIB.define(schema)
+    qualname = f"mnv3::{name}"
+    torch.library.register_fake(qualname, fake, lib=LIB)
+    devices = ("CUDA",) if EXTENSION_ERROR is None else ("CPU", "CUDA")
+    for key in devices:
+        LIB.impl(name, reference_impl, key)
+    return qualname
+
+
+EXTENSION_ERROR = _load_extension()
+if EXTENSION_ERROR is not None:
+    warnings.warn(
+        f"mnv3_fast: {EXTENSION_ERROR}; the mnv3 ops run their (slower) PyTorch references on the CPU. "
+        "Reinstall with a C++ compiler and the torch you run (pip install --no-build-isolation .) to get the fast kernels.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+__all__ = ["LIB", "EXTENSION_ERROR", "define", "reference"]

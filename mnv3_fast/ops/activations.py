@@ -1,0 +1,52 @@
+"""mnv3::hswish and mnv3::hsigmoid: the elementwise activations.
+
+CPU kernel: csrc/activations.cpp.  Autograd uses ATen's own derivatives, so
+the gradient at the kinks (x = -3 and x = 3) is exactly PyTorch's.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._library import define
+
+
+def _fake(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _same_layout(fn):
+    """Wraps an elementwise reference so its output has empty_like(x)'s strides, as the kernels'."""
+
+    def impl(x):
+        return torch.empty_like(x).copy_(fn(x))
+
+    return impl
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])  # the raw input is all the backward needs
+
+
+def _hswish_backward(ctx, grad):
+    return torch.ops.aten.hardswish_backward(grad, ctx.saved_tensors[0])
+
+
+def _hsigmoid_backward(ctx, grad):
+    return torch.ops.aten.hardsigmoid_backward(grad, ctx.saved_tensors[0])
+
+
+HSWISH = define("hswish(Tensor x) -> Tensor", _same_layout(reference.hswish), _fake)
+HSIGMOID = define("hsigmoid(Tensor x) -> Tensor", _same_layout(reference.hsigmoid), _fake)
+torch.library.register_autograd(HSWISH, _hswish_backward, setup_context=_setup_context)
+torch.library.register_autograd(HSIGMOID, _hsigmoid_backward, setup_context=_setup_context)
+
+
+def hswish(x: torch.Tensor) -> torch.Tensor:
+    """Hard swish, x * relu6(x + 3) / 6, as the fused `mnv3::hswish` op."""
+    return torch.ops.mnv3.hswish(x)
+
+
+def hsigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Hard sigmoid, relu6(x + 3) / 6, as the fused `mnv3::hsigmoid` op."""
+    return torch.ops.mnv3.hsigmoid(x)

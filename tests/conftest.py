@@ -1,0 +1,46 @@
+import os
+
+import pytest
+import torch
+
+# Tolerances for comparing a kernel's output with a float64 reference computed
+# from the same (already rounded) inputs.  fp32: sums of <= 25 products or
+# means of <= a few hundred values lose a few ulps (~1e-6 relative).  bf16: the
+# kernels accumulate in fp32 and round once at the store, an error of at most
+# half a bf16 ulp (2**-9 relative); 2**-7 leaves a 4x margin.
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=2**-7, atol=2**-7),
+    torch.float16: dict(rtol=2**-9, atol=2**-9),
+}
+
+CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
+
+
+def assert_matches_reference(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected.double(), **TOLERANCES[dtype])
+
+
+def randn(*shape, dtype=torch.float32, memory_format=torch.contiguous_format, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    t = (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+    return t.contiguous(memory_format=memory_format) if t.dim() == 4 else t
+
+
+@pytest.fixture
+def poison_outputs():
+    """Every uninitialized allocation (the kernels' outputs included) is filled with NaN,
+    so a kernel that skips an element fails the comparison."""
+    old_det, old_fill = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(old_det)
+    torch.utils.deterministic.fill_uninitialized_memory = old_fill
+
+
+def extension_required() -> bool:
+    return os.environ.get("MNV3_ALLOW_FALLBACK") != "1"

@@ -1,0 +1,110 @@
+"""mnv3::hswish and mnv3::hsigmoid against their references and PyTorch's own."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mnv3_fast
+from mnv3_fast import ops
+from mnv3_fast.ops import reference
+
+from conftest import CPU_DTYPES, MEMORY_FORMATS, assert_matches_reference, extension_required, randn
+
+OPS = {"hswish": (ops.hswish, reference.hswish, F.hardswish), "hsigmoid": (ops.hsigmoid, reference.hsigmoid, F.hardsigmoid)}
+
+
+def test_cpu_kernels_are_loaded():
+    # Without this, every other op test would silently test the fallbacks.
+    if extension_required():
+        assert ops.HAS_CPU_KERNELS, ops.EXTENSION_ERROR
+
+
+def test_reference_matches_pytorch():
+    x = randn(1000, dtype=torch.float64, scale=4)
+    torch.testing.assert_close(reference.hswish(x), F.hardswish(x))
+    torch.testing.assert_close(reference.hsigmoid(x), F.hardsigmoid(x))
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("shape", [(1, 7, 5, 3), (3, 13, 11, 9), (2, 24, 9, 9), (4, 96, 33, 65)])
+def test_matches_reference(poison_outputs, name, dtype, memory_format, shape):
+    op, ref, _ = OPS[name]
+    # scale 4 puts many values beyond the kinks at -3 and 3; the last shape is big enough to run in parallel
+    x = randn(*shape, dtype=dtype, memory_format=memory_format, scale=4)
+    out = op(x)
+    assert out.shape == x.shape and out.stride() == x.stride()
+    assert_matches_reference(out, ref(x.double()), dtype)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_any_strides_and_ranks(poison_outputs, name):
+    op, ref, _ = OPS[name]
+    base = randn(6, 10, 12, 14, scale=4)
+    cases = [
+        base[:, ::2, 1:, ::3],  # sliced, non-contiguous
+        base.permute(3, 1, 0, 2),  # permuted but dense
+        base[0, 0],  # 2-D
+        base.flatten()[5:77],  # 1-D, offset
+        randn(0, 3, 5, 5),  # empty
+        torch.tensor(2.5),  # 0-D
+        base.expand(2, 6, 10, 12, 14)[:, :, :3],  # 5-D, zero strides
+    ]
+    for x in cases:
+        out = op(x)
+        assert out.shape == x.shape
+        assert_matches_reference(out, ref(x.double()), torch.float32)
+
+
+def test_values_at_the_kinks():
+    x = torch.tensor([-4.0, -3.0, -1.5, 0.0, 1.5, 3.0, 4.0])
+    torch.testing.assert_close(ops.hswish(x), F.hardswish(x))
+    torch.testing.assert_close(ops.hsigmoid(x), F.hardsigmoid(x))
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_gradient_matches_pytorch_including_kinks(name):
+    op, _, torch_fn = OPS[name]
+    x = torch.tensor([-4.0, -3.0, -2.0, 0.0, 2.0, 3.0, 4.0], dtype=torch.float64, requires_grad=True)
+    (g_ours,) = torch.autograd.grad(op(x).sum(), x)
+    (g_torch,) = torch.autograd.grad(torch_fn(x).sum(), x)
+    torch.testing.assert_close(g_ours, g_torch)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_gradcheck(name):
+    op = OPS[name][0]
+    x = randn(2, 3, 4, 5, dtype=torch.float64, scale=4).requires_grad_()
+    assert torch.autograd.gradcheck(op, (x,))
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_opcheck(name, memory_format):
+    x = randn(2, 5, 4, 3, memory_format=memory_format, scale=4)
+    torch.library.opcheck(getattr(torch.ops.mnv3, name).default, (x,))
+    torch.library.opcheck(getattr(torch.ops.mnv3, name).default, (x.double().requires_grad_(),))
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_rejects_unsupported_dtype(name):
+    with pytest.raises(TypeError, match="float32, float64 or bfloat16.*Long"):
+        OPS[name][0](torch.arange(6))
+
+
+def test_compiles_fullgraph():
+    def f(x):
+        return ops.hsigmoid(ops.hswish(x) * 2)
+
+    x = randn(2, 8, 5, 5, scale=4)
+    torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="aot_eager")(x), f(x))
+
+
+def test_top_level_exports():
+    assert mnv3_fast.fold_bn is ops.fold_bn
+
+
+def test_poison_fixture_poisons_kernel_outputs(poison_outputs):
+    # The other tests rely on this: a skipped element stays NaN and fails the comparison.
+    assert torch.empty(64).isnan().all()
+    assert torch.empty_like(randn(2, 3, 4, 5, memory_format=torch.channels_last)).isnan().all()
