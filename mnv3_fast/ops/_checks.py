@@ -10,17 +10,25 @@ ACTIVATIONS = ("none", "relu", "hswish")
 KERNEL_SIZES = (3, 5)
 STRIDES = (1, 2)
 DILATIONS = (1, 2)
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+GPU_DTYPES = CPU_DTYPES + (torch.float16,)
+
+
+def supported_dtypes(device: torch.device) -> tuple:
+    """The dtypes the kernels handle on a device: fp16 only on the GPU."""
+    return CPU_DTYPES if device.type == "cpu" else GPU_DTYPES
 
 
 def _shape(t: torch.Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
-def check_floating(op: str, name: str, t: torch.Tensor, dtypes=FLOAT_DTYPES) -> None:
+def check_floating(op: str, name: str, t: torch.Tensor) -> None:
+    dtypes = supported_dtypes(t.device)
     if t.dtype not in dtypes:
-        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{op}: expected {name} to be one of {allowed}, got {t.dtype}")
+        names = [str(d).replace("torch.", "") for d in dtypes]
+        allowed = ", ".join(names[:-1]) + " or " + names[-1]
+        raise TypeError(f"{op}: expected {name} to be {allowed} on the {t.device.type.upper()}, got {t.dtype}")
 
 
 def check_same(op: str, x: torch.Tensor, name: str, t: torch.Tensor) -> None:

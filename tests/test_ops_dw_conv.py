@@ -1,0 +1,185 @@
+"""mnv3::dw_conv_bn_act against F.conv2d(groups=C) + batch_norm + activation."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnv3_fast import fold_bn, ops
+from mnv3_fast.ops import reference
+
+from conftest import CPU_DTYPES, MEMORY_FORMATS, assert_matches_reference, randn
+
+ACTS = ("none", "relu", "hswish")
+
+# (channels, kernel, stride) of every depthwise layer in MobileNetV3-Large and -Small.
+LARGE_LAYERS = [(16, 3, 1), (64, 3, 2), (72, 3, 1), (72, 5, 2), (120, 5, 1), (240, 3, 2), (200, 3, 1), (184, 3, 1),
+                (480, 3, 1), (672, 3, 1), (672, 5, 2), (960, 5, 1)]
+SMALL_LAYERS = [(16, 3, 2), (72, 3, 2), (88, 3, 1), (96, 5, 2), (240, 5, 1), (120, 5, 1), (144, 5, 1), (288, 5, 2),
+                (576, 5, 1)]
+
+
+def make_args(N, C, H, W, k, dtype=torch.float32, memory_format=torch.contiguous_format, seed=0, with_bias=True):
+    x = randn(N, C, H, W, dtype=dtype, memory_format=memory_format, seed=seed)
+    weight = randn(C, 1, k, k, dtype=dtype, seed=seed + 1, scale=0.3)
+    bias = randn(C, dtype=dtype, seed=seed + 2) if with_bias else None
+    return x, weight, bias
+
+
+def check(x, weight, bias, stride, dilation, act, padding=None):
+    k = weight.shape[-1]
+    padding = (k - 1) // 2 * dilation if padding is None else padding
+    out = torch.ops.mnv3.dw_conv_bn_act(x, weight, bias, stride, padding, dilation, act)
+    b64 = None if bias is None else bias.double()
+    expected = reference.dw_conv_bn_act(x.double(), weight.double(), b64, stride, padding, dilation, act)
+    assert out.shape == expected.shape
+    assert out.is_contiguous(memory_format=reference.output_memory_format(x))
+    assert_matches_reference(out, expected, x.dtype)
+    return out
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("layer", LARGE_LAYERS + SMALL_LAYERS, ids=lambda l: f"C{l[0]}k{l[1]}s{l[2]}")
+def test_mobilenet_layer_shapes(poison_outputs, layer, memory_format, dtype):
+    C, k, s = layer
+    act = ACTS[C % 3]
+    x, w, b = make_args(2, C, 11, 9, k, dtype, memory_format, seed=C)
+    check(x, w, b, s, 1, act)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("k,stride,dilation", list(itertools.product((3, 5), (1, 2), (1, 2))))
+def test_every_configuration(poison_outputs, k, stride, dilation, act, memory_format, dtype):
+    for N, C, H, W in [(1, 8, 7, 13), (3, 13, 12, 9)]:  # batch 1 and > 1, odd sizes, C not a multiple of 8
+        x, w, b = make_args(N, C, H, W, k, dtype, memory_format, seed=N + k)
+        check(x, w, b, stride, dilation, act)
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_padding_and_bias_variants(poison_outputs, memory_format):
+    x, w, b = make_args(2, 24, 10, 11, 3, memory_format=memory_format)
+    check(x, w, None, 1, 1, "relu")  # bias None
+    for padding in (0, 2, 3):  # "valid", larger than needed
+        check(x, w, b, 2, 1, "hswish", padding=padding)
+
+
+def test_larger_image_runs_in_parallel(poison_outputs):
+    for memory_format in MEMORY_FORMATS:
+        x, w, b = make_args(2, 40, 56, 57, 5, memory_format=memory_format)
+        check(x, w, b, 1, 1, "hswish")
+
+
+def test_sliced_non_contiguous_and_empty(poison_outputs):
+    x, w, b = make_args(4, 16, 20, 22, 3)
+    for sliced in (x[:, :, 1::2, 3:], x[1:3].permute(0, 1, 3, 2), x.to(memory_format=torch.channels_last)[:, :, 2:-1]):
+        check(sliced, w, b, 1, 1, "hswish")
+    out = check(x[:0], w, b, 2, 1, "relu")
+    assert out.shape == (0, 16, 10, 11)
+
+
+def test_equals_conv_bn_act_modules(poison_outputs):
+    """The documented use: fold an eval-mode BN into the depthwise conv, then one op."""
+    C = 24
+    conv = nn.Conv2d(C, C, 5, 2, 2, groups=C, bias=False).double()
+    bn = nn.BatchNorm2d(C, eps=1e-3).double()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    bn.eval()
+    x = randn(2, C, 15, 15, dtype=torch.float64)
+    weight, bias = fold_bn(conv, bn)
+    out = ops.dw_conv_bn_act(x, weight, bias, stride=2, act="hswish")
+    torch.testing.assert_close(out, F.hardswish(bn(conv(x))))
+
+
+@pytest.mark.parametrize("conv_bias", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+def test_fold_bn(conv_bias, affine):
+    conv = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=conv_bias).double()
+    bn = nn.BatchNorm2d(6, affine=affine).double()
+    bn.train()(conv(randn(4, 6, 5, 5, dtype=torch.float64, seed=3)))  # non-trivial running stats
+    bn.eval()
+    x = randn(2, 6, 5, 5, dtype=torch.float64)
+    weight, bias = fold_bn(conv, bn)
+    torch.testing.assert_close(F.conv2d(x, weight, bias, padding=1, groups=6), bn(conv(x)))
+
+
+def test_fold_bn_rejects_bn_without_running_stats():
+    with pytest.raises(ValueError, match="running statistics"):
+        fold_bn(nn.Conv2d(4, 4, 3, groups=4), nn.BatchNorm2d(4, track_running_stats=False))
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (5, 2, 1), (3, 2, 2)])
+def test_gradcheck(k, stride, dilation, memory_format, act):
+    x, w, b = make_args(2, 3, 7, 6, k, torch.float64, memory_format)
+    args = [t.requires_grad_() for t in (x, w, b)]
+    pad = (k - 1) // 2 * dilation
+    fn = lambda x, w, b: torch.ops.mnv3.dw_conv_bn_act(x, w, b, stride, pad, dilation, act)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_gradients_without_bias():
+    x, w, _ = make_args(1, 4, 6, 6, 3, torch.float64)
+    x.requires_grad_(), w.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w: ops.dw_conv_bn_act(x, w, None, act="hswish"), (x, w))
+
+
+@pytest.mark.parametrize(
+    "k,stride,dilation,act,memory_format,dtype",
+    [
+        (3, 1, 1, "relu", torch.contiguous_format, torch.float32),
+        (5, 2, 1, "hswish", torch.channels_last, torch.float32),
+        (3, 2, 2, "none", torch.channels_last, torch.float64),
+        (5, 1, 2, "hswish", torch.contiguous_format, torch.float64),
+        (3, 2, 1, "hswish", torch.channels_last, torch.bfloat16),
+    ],
+)
+def test_opcheck(k, stride, dilation, act, memory_format, dtype):
+    x, w, b = make_args(2, 8, 7, 9, k, dtype, memory_format)
+    pad = (k - 1) // 2 * dilation
+    torch.library.opcheck(torch.ops.mnv3.dw_conv_bn_act.default, (x, w, b, stride, pad, dilation, act))
+    if dtype != torch.bfloat16:
+        grads = [t.clone().requires_grad_() for t in (x, w, b)]
+        torch.library.opcheck(torch.ops.mnv3.dw_conv_bn_act.default, (*grads, stride, pad, dilation, act))
+    torch.library.opcheck(torch.ops.mnv3.dw_conv_bn_act.default, (x, w, None, stride, pad, dilation, act))
+
+
+def test_compiles_fullgraph():
+    x, w, b = make_args(2, 8, 9, 9, 3)
+    f = lambda x: ops.dw_conv_bn_act(x, w, b, stride=2, act="hswish")  # noqa: E731
+    torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="aot_eager")(x), f(x))
+
+
+BAD_INPUTS = [
+    (lambda x, w, b: (x[0], w, b, 1, 1, 1, "relu"), ValueError, r"4-D \(N, C, H, W\).*3-D"),
+    (lambda x, w, b: (x, w[:4], b, 1, 1, 1, "relu"), ValueError, r"weight of shape \(8, 1, k, k\).*\[4, 1, 3, 3\]"),
+    (lambda x, w, b: (x, w, b[:3], 1, 1, 1, "relu"), ValueError, r"bias of shape \(8\).*\[3\]"),
+    (lambda x, w, b: (x, torch.randn(8, 1, 7, 7), b, 1, 3, 1, "relu"), ValueError, "3x3 or 5x5 kernel, got 7x7"),
+    (lambda x, w, b: (x, w, b, 3, 1, 1, "relu"), ValueError, "stride 1 or 2, got 3"),
+    (lambda x, w, b: (x, w, b, 1, 1, 3, "relu"), ValueError, "dilation 1 or 2, got 3"),
+    (lambda x, w, b: (x, w, b, 1, -1, 1, "relu"), ValueError, "padding >= 0, got -1"),
+    (lambda x, w, b: (x, w, b, 1, 1, 1, "gelu"), ValueError, "'none', 'relu', 'hswish', got '?gelu'?"),
+    (lambda x, w, b: (x, w.double(), b, 1, 1, 1, "relu"), TypeError, "weight to have the same dtype as x"),
+    (lambda x, w, b: (x.half(), w.half(), b.half(), 1, 1, 1, "relu"), TypeError, "bfloat16 on the CPU, got (Half|torch.float16)"),
+    (lambda x, w, b: (x.int(), w.int(), b.int(), 1, 1, 1, "relu"), TypeError, "bfloat16 on the CPU, got (Int|torch.int32)"),
+    (lambda x, w, b: (x[:, :, :1, :1], w, b, 1, 0, 1, "relu"), ValueError, "too small"),
+    (lambda x, w, b: (x, w.to("meta"), b, 1, 1, 1, "relu"), ValueError, "same device"),
+]
+
+
+@pytest.mark.parametrize("make_bad,error,match", BAD_INPUTS)
+def test_bad_input_gets_a_clear_error(make_bad, error, match):
+    x, w, b = make_args(2, 8, 6, 6, 3)
+    args = make_bad(x, w, b)
+    with pytest.raises(error, match=match):
+        torch.ops.mnv3.dw_conv_bn_act(*args)
+    with pytest.raises(error, match=match):  # the reference (and so the fallback) says the same
+        reference.dw_conv_bn_act(*args)

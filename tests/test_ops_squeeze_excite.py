@@ -1,0 +1,108 @@
+"""mnv3::squeeze_excite against the eager pool / conv / relu / conv / hardsigmoid / mul chain."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnv3_fast import ops
+from mnv3_fast.ops import reference
+
+from conftest import CPU_DTYPES, MEMORY_FORMATS, assert_matches_reference, randn
+
+# (channels, squeeze channels) of every SE in MobileNetV3-Large and -Small (paper variant).
+SE_SHAPES = [(72, 24), (120, 32), (480, 120), (672, 168), (960, 240), (16, 8), (96, 24), (240, 64), (144, 40),
+             (288, 72), (576, 144)]
+
+
+def make_args(N, C, S, H, W, dtype=torch.float32, memory_format=torch.contiguous_format, conv_shapes=False, seed=0):
+    x = randn(N, C, H, W, dtype=dtype, memory_format=memory_format, seed=seed)
+    w1 = randn(S, C, dtype=dtype, seed=seed + 1, scale=C**-0.5 * 4)
+    w2 = randn(C, S, dtype=dtype, seed=seed + 2, scale=S**-0.5 * 4)  # gates spread over all of hsigmoid's range
+    b1, b2 = randn(S, dtype=dtype, seed=seed + 3), randn(C, dtype=dtype, seed=seed + 4)
+    if conv_shapes:
+        w1, w2 = w1[:, :, None, None], w2[:, :, None, None]
+    return x, w1, b1, w2, b2
+
+
+def check(args):
+    out = torch.ops.mnv3.squeeze_excite(*args)
+    expected = reference.squeeze_excite(*(t.double() for t in args))
+    assert out.shape == args[0].shape
+    assert out.is_contiguous(memory_format=reference.output_memory_format(args[0]))
+    assert_matches_reference(out, expected, args[0].dtype)
+    return out
+
+
+def test_reference_matches_the_eager_chain():
+    x, w1, b1, w2, b2 = make_args(2, 24, 8, 7, 9, torch.float64, conv_shapes=True)
+    pooled = F.adaptive_avg_pool2d(x, 1)
+    gate = F.hardsigmoid(F.conv2d(F.relu(F.conv2d(pooled, w1, b1)), w2, b2))
+    torch.testing.assert_close(reference.squeeze_excite(x, w1, b1, w2, b2), x * gate)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("C,S", SE_SHAPES)
+def test_mobilenet_layer_shapes(poison_outputs, C, S, memory_format, dtype):
+    for N, H, W in [(1, 7, 7), (3, 9, 13)]:
+        check(make_args(N, C, S, H, W, dtype, memory_format, conv_shapes=C % 2 == 0, seed=C))
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_odd_and_large_sizes(poison_outputs, memory_format):
+    for N, C, S, H, W in [(2, 13, 5, 11, 9), (1, 200, 9, 1, 1), (2, 72, 24, 57, 56), (5, 3, 1, 3, 2)]:
+        check(make_args(N, C, S, H, W, memory_format=memory_format))
+
+
+def test_sliced_non_contiguous_and_empty(poison_outputs):
+    x, w1, b1, w2, b2 = make_args(4, 16, 8, 10, 12)
+    for sliced in (x[:, :, 1::2, 3:], x[1:3].transpose(2, 3), x.to(memory_format=torch.channels_last)[:, :, 2:-1]):
+        check((sliced, w1, b1, w2, b2))
+    check((x[:0], w1, b1, w2, b2))
+    check((x[:, :, :0], w1, b1, w2, b2))  # no pixels: an empty output, not a division by zero
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("conv_shapes", [False, True])
+def test_gradcheck(memory_format, conv_shapes):
+    args = make_args(2, 6, 3, 4, 5, torch.float64, memory_format, conv_shapes)
+    assert torch.autograd.gradcheck(torch.ops.mnv3.squeeze_excite, [t.requires_grad_() for t in args])
+
+
+@pytest.mark.parametrize(
+    "memory_format,dtype,conv_shapes",
+    [(torch.contiguous_format, torch.float32, False), (torch.channels_last, torch.float32, True),
+     (torch.channels_last, torch.float64, False), (torch.contiguous_format, torch.bfloat16, True)],
+)
+def test_opcheck(memory_format, dtype, conv_shapes):
+    args = make_args(2, 16, 8, 5, 7, dtype, memory_format, conv_shapes)
+    torch.library.opcheck(torch.ops.mnv3.squeeze_excite.default, args)
+    if dtype != torch.bfloat16:
+        torch.library.opcheck(torch.ops.mnv3.squeeze_excite.default, [t.clone().requires_grad_() for t in args])
+
+
+def test_compiles_fullgraph():
+    x, w1, b1, w2, b2 = make_args(2, 16, 8, 5, 7)
+    f = lambda x: ops.squeeze_excite(ops.hswish(x), w1, b1, w2, b2)  # noqa: E731
+    torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="aot_eager")(x), f(x))
+
+
+BAD_INPUTS = [
+    (lambda x, w1, b1, w2, b2: (x[0], w1, b1, w2, b2), ValueError, r"4-D \(N, C, H, W\).*3-D"),
+    (lambda x, w1, b1, w2, b2: (x, w1[:, :5], b1, w2, b2), ValueError, r"w1 of shape \(4, 8\).*\[4, 5\]"),
+    (lambda x, w1, b1, w2, b2: (x, w1, b1, w2.t(), b2), ValueError, r"w2 of shape \(8, 4\).*\[4, 8\]"),
+    (lambda x, w1, b1, w2, b2: (x, w1, b1[:2], w2, b2), ValueError, r"b1 of shape \(4\)"),
+    (lambda x, w1, b1, w2, b2: (x, w1, b1, w2, b2[:, None]), ValueError, r"b2 of shape \(8\)"),
+    (lambda x, w1, b1, w2, b2: (x, w1[:, :, None], b1, w2, b2), ValueError, r"\(4, 8, 1, 1\)"),
+    (lambda x, w1, b1, w2, b2: (x, w1.double(), b1, w2, b2), TypeError, "w1 to have the same dtype"),
+    (lambda x, w1, b1, w2, b2: (x.half(), w1.half(), b1.half(), w2.half(), b2.half()), TypeError, "bfloat16 on the CPU"),
+    (lambda x, w1, b1, w2, b2: (x, w1, b1, w2, b2.to("meta")), ValueError, "b2 on the same device"),
+]
+
+
+@pytest.mark.parametrize("make_bad,error,match", BAD_INPUTS)
+def test_bad_input_gets_a_clear_error(make_bad, error, match):
+    args = make_bad(*make_args(2, 8, 4, 5, 5))
+    with pytest.raises(error, match=match):
+        torch.ops.mnv3.squeeze_excite(*args)
+    with pytest.raises(error, match=match):
+        reference.squeeze_excite(*args)
