@@ -77,15 +77,19 @@ def _linear_as_conv(t: torch.Tensor) -> torch.Tensor:
     return t[:, :, None, None] if t.dim() == 2 else t
 
 
-def _build(config: NetworkConfig, state_dict: dict, source: str) -> MobileNetV3:
+def _build(config: NetworkConfig, state_dict: dict, source: str, origin: dict | None = None) -> MobileNetV3:
+    """The fast model with `state_dict` (already in our keys) loaded; errors name the
+    source's own key (`origin` maps ours back to it)."""
+    origin = origin or {}
     model = MobileNetV3(config=config)
     expected = model.state_dict()
     for key, value in state_dict.items():
+        name = origin.get(key, key)
         if key not in expected:
-            raise ValueError(f"{source}: key {key!r} has no place in the converted model")
+            raise ValueError(f"{source}: key {name!r} has no place in the converted model")
         if expected[key].shape != value.shape:
             raise ValueError(
-                f"{source}: key {key!r} has shape {list(value.shape)}, the converted model expects {list(expected[key].shape)}"
+                f"{source}: key {name!r} has shape {list(value.shape)}, the converted model expects {list(expected[key].shape)}"
             )
     missing = [k for k in expected if k not in state_dict]
     if missing:
@@ -100,6 +104,7 @@ class _KeyMap:
     def __init__(self, source: dict):
         self.source = source
         self.out: OrderedDict = OrderedDict()
+        self.origin: dict = {}  # our key -> the source's key, for error messages
         self.used: set = set()
 
     def copy(self, dst_prefix: str, src_prefix: str, linear_to_conv: bool = False) -> None:
@@ -110,15 +115,16 @@ class _KeyMap:
                 self.used.add(key)
                 name = key[len(src_prefix):]
                 self.out[dst_prefix + name] = _linear_as_conv(value) if linear_to_conv and name == "weight" else value
+                self.origin[dst_prefix + name] = key
         if not found:
             raise ValueError(f"expected keys starting with {src_prefix!r}, found none")
 
-    def check_all_used(self, source: str) -> OrderedDict:
+    def check_all_used(self, source: str) -> "_KeyMap":
         """Every source tensor must land somewhere: an extra key means the checkpoint is not what it seems."""
         for key in self.source:
             if key not in self.used:
                 raise ValueError(f"{source}: key {key!r} has no place in the converted model")
-        return self.out
+        return self
 
 
 # ------------------------------------------------------------------ torchvision
@@ -365,22 +371,28 @@ def from_pretrained_state_dict(state_dict: dict) -> MobileNetV3:
     implementation (a DataParallel `module.` prefix is fine) or mnv3_fast itself."""
     if not isinstance(state_dict, dict) or not state_dict:
         raise ValueError(f"expected a non-empty state_dict (a dict of tensors), got {type(state_dict).__name__}")
-    sd = OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state_dict.items())
+    # DataParallel saves every key under "module."; errors still name the key as the checkpoint has it.
+    original = {(k[len("module."):] if k.startswith("module.") else k): k for k in state_dict}
+    sd = OrderedDict((k, state_dict[original[k]]) for k in original)
     layout = _detect_layout(sd)
     source = f"{layout} checkpoint"
     try:
         if layout == "torchvision":
             config = _torchvision_config_from_sd(sd)
-            mapped = _map_torchvision(sd, config.blocks).check_all_used(source)
+            mapping = _map_torchvision(sd, config.blocks)
         elif layout == "timm":
             config = _timm_config_from_sd(sd)
-            mapped = _map_timm(sd, config.blocks).check_all_used(source)
-        else:  # our own keys: _build checks every one
+            mapping = _map_timm(sd, config.blocks)
+        else:  # our own keys, unchanged
             config = _own_config_from_sd(sd, layout)
-            mapped = sd
+            mapping = _KeyMap(sd)
+            mapping.copy("", "")
     except (KeyError, StopIteration, IndexError) as exc:
         raise ValueError(f"{source}: does not fit the expected layout ({exc!r})") from None
-    return _build(config, mapped, source)
+    for ours, theirs in mapping.origin.items():
+        mapping.origin[ours] = original[theirs]
+    mapping.check_all_used(source)
+    return _build(config, mapping.out, source, mapping.origin)
 
 
 def convert(module: nn.Module) -> MobileNetV3:
@@ -397,12 +409,24 @@ def convert(module: nn.Module) -> MobileNetV3:
         return fast.eval()
     sd = module.state_dict()
     cls = type(module)
-    if hasattr(module, "features") and hasattr(module, "classifier") and "features.0.0.weight" in sd:
-        config = _torchvision_config(module)
-        mapping = _map_torchvision(sd, config.blocks)
-    elif hasattr(module, "conv_stem") and hasattr(module, "blocks"):
-        config = _timm_config(module)
-        mapping = _map_timm(sd, config.blocks)
-    else:
-        raise TypeError(f"convert: don't know how to read a MobileNetV3 layout off {cls.__module__}.{cls.__name__}")
-    return _build(config, mapping.check_all_used(cls.__name__), cls.__name__)
+    kind = f"{cls.__module__}.{cls.__name__}"
+    try:
+        if _looks_like_torchvision(module):
+            config = _torchvision_config(module)
+            mapping = _map_torchvision(sd, config.blocks)
+        elif hasattr(module, "conv_stem") and hasattr(module, "blocks") and hasattr(module, "conv_head"):
+            config = _timm_config(module)
+            mapping = _map_timm(sd, config.blocks)
+        else:
+            raise TypeError(f"convert: don't know how to read a MobileNetV3 layout off {kind}")
+    except (AttributeError, IndexError, StopIteration) as exc:
+        raise TypeError(f"convert: {kind} is not MobileNetV3-shaped ({exc})") from None
+    mapping.check_all_used(cls.__name__)
+    return _build(config, mapping.out, cls.__name__, mapping.origin)
+
+
+def _looks_like_torchvision(module: nn.Module) -> bool:
+    """torchvision's MobileNetV3: features = [stem, InvertedResidual(.block)..., last conv], 4-layer classifier."""
+    features, classifier = getattr(module, "features", None), getattr(module, "classifier", None)
+    return (isinstance(features, nn.Sequential) and isinstance(classifier, nn.Sequential) and len(classifier) == 4
+            and len(features) > 2 and all(hasattr(f, "block") for f in features[1:-1]))
