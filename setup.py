@@ -5,10 +5,11 @@ If it cannot be built (no compiler, no torch headers) the package still
 installs and the ops fall back to their PyTorch references, with one warning
 at import.  Set ``MNV3_REQUIRE_EXTENSION=1`` to make a failed build an error.
 
-The kernels use ATen's ``Vectorized`` types.  They are compiled for AVX2+FMA
-when the building CPU has them (like ``-march=native``, the binary then needs
-such a CPU; the package checks this at import and falls back rather than
-crash).  ``MNV3_CPU_ARCH=generic`` forces a portable build.
+The kernels use ATen's ``Vectorized`` types.  They are compiled for the widest
+of AVX-512, AVX2+FMA or plain C++ that the building CPU has (like
+``-march=native``: the binary then needs such a CPU; the package checks this at
+import and falls back rather than crash).  ``MNV3_CPU_ARCH=avx512|avx2|generic``
+chooses explicitly.
 """
 import os
 import platform
@@ -34,14 +35,28 @@ def _cpu_flags():
     return set()
 
 
+ARCH_FEATURES = {  # what each build target needs from the CPU (as /proc/cpuinfo names it)
+    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"},
+    "avx2": {"avx2", "fma", "f16c"},
+}
+ARCH_FLAGS = {  # ATen's vector headers select their implementation from the CPU_CAPABILITY macros
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "generic": ["-DCPU_CAPABILITY=DEFAULT"],
+}
+
+
 def _target_arch():
     wanted = os.environ.get("MNV3_CPU_ARCH", "auto").lower()
-    if wanted not in ("auto", "avx2", "generic"):
-        raise ValueError(f"MNV3_CPU_ARCH must be auto, avx2 or generic, got {wanted!r}")
+    if wanted not in ("auto", *ARCH_FLAGS):
+        raise ValueError(f"MNV3_CPU_ARCH must be auto, {', '.join(ARCH_FLAGS)}, got {wanted!r}")
     if wanted != "auto":
         return wanted
-    is_x86 = platform.machine().lower() in ("x86_64", "amd64")
-    return "avx2" if is_x86 and {"avx2", "fma", "f16c"} <= _cpu_flags() else "generic"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "generic"
+    flags = _cpu_flags()
+    return next((arch for arch, needs in ARCH_FEATURES.items() if needs <= flags), "generic")
 
 
 def _extension_build():
@@ -54,12 +69,9 @@ def _extension_build():
         return [], {}
 
     arch = _target_arch()
-    cxx_flags = ["-O3", "-fvisibility=hidden", "-Wno-unused-function"]
-    if arch == "avx2":
-        # ATen's vector headers select their AVX2 implementation from these macros.
-        cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    else:
-        cxx_flags += ["-DCPU_CAPABILITY=DEFAULT"]
+    # at::parallel_for is an inline OpenMP region compiled into our code: without
+    # -fopenmp it silently runs on one thread.
+    cxx_flags = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wno-unused-function"] + ARCH_FLAGS[arch]
 
     class BuildWithInfo(BuildExtension):
         """Records what the extension was built against, so import can refuse a mismatch."""
@@ -78,7 +90,7 @@ def _extension_build():
                 f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
                 f.write(f"CPU_ARCH = {arch!r}\n")
 
-    ext = CppExtension("mnv3_fast._C", SOURCES, extra_compile_args={"cxx": cxx_flags})
+    ext = CppExtension("mnv3_fast._C", SOURCES, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": BuildWithInfo.with_options(use_ninja=True)}
 
 

@@ -37,8 +37,12 @@ def _calibrate(fn: Callable, device: str, min_sample_s: float) -> int:
 
 
 def time_interleaved(fns: dict[str, Callable], repeats: int = 15, warmup: int = 3, device: str = "cpu",
-                     min_sample_s: float = 0.002) -> dict[str, list[float]]:
-    """Seconds per call of each function: `repeats` samples each, taken in turn after warm-up."""
+                     min_sample_s: float = 0.002, settle_s: float = 0.005) -> dict[str, list[float]]:
+    """Seconds per call of each function: `repeats` samples each, taken in turn after warm-up.
+
+    Between two engines' samples the machine rests `settle_s`: thread pools
+    (OpenMP's, ONNX Runtime's) spin-wait for a while after a call and would
+    otherwise steal cores from the next engine's sample."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -47,6 +51,7 @@ def time_interleaved(fns: dict[str, Callable], repeats: int = 15, warmup: int = 
     for _ in range(repeats):
         for name, fn in fns.items():
             _sync(device)
+            time.sleep(settle_s)
             start = time.perf_counter()
             for _ in range(calls[name]):
                 fn()

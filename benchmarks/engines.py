@@ -58,20 +58,22 @@ class Models:
         self._onnx_path = None
 
     def onnx_path(self) -> tuple[str, float]:
-        if self._onnx_path is None:
-            try:
-                import onnx  # noqa: F401
-                import onnxscript  # noqa: F401
-            except ImportError as exc:
-                raise EngineUnavailable(f"ONNX export needs onnx and onnxscript ({exc.name} missing)")
-            start = time.perf_counter()
-            path = os.path.join(tempfile.mkdtemp(prefix="mnv3_bench_"), f"{self.arch}.onnx")
-            model = _randomized_reference(self.arch)  # on the CPU, fp32
-            example = torch.randn(2, 3, self.size, self.size)
-            batch = torch.export.Dim("batch", min=1, max=1024)
-            torch.onnx.export(model, (example,), path, dynamic_shapes=({0: batch},), dynamo=True,
-                              verbose=False, external_data=False)
-            self._onnx_path = (path, time.perf_counter() - start)
+        """The ONNX export of the reference and, the first time only, how long it took."""
+        if self._onnx_path is not None:
+            return self._onnx_path[0], 0.0
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as exc:
+            raise EngineUnavailable(f"ONNX export needs onnx and onnxscript ({exc.name} missing)")
+        start = time.perf_counter()
+        path = os.path.join(tempfile.mkdtemp(prefix="mnv3_bench_"), f"{self.arch}.onnx")
+        model = _randomized_reference(self.arch)  # on the CPU, fp32
+        example = torch.randn(2, 3, self.size, self.size)
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        torch.onnx.export(model, (example,), path, dynamic_shapes=({0: batch},), dynamo=True,
+                          verbose=False, external_data=False)
+        self._onnx_path = (path, time.perf_counter() - start)
         return self._onnx_path
 
 

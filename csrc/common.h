@@ -13,6 +13,17 @@
 #include <sstream>
 #include <string>
 
+// Full unrolling of a loop with a compile-time trip count, so that small
+// arrays of vectors indexed by the loop variable stay in registers.
+#define MNV3_PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define MNV3_UNROLL(n) MNV3_PRAGMA(unroll)
+#elif defined(__GNUC__)
+#define MNV3_UNROLL(n) MNV3_PRAGMA(GCC unroll n)
+#else
+#define MNV3_UNROLL(n)
+#endif
+
 namespace mnv3 {
 
 using at::Tensor;
@@ -143,6 +154,16 @@ struct VecIO {
     }
   }
 };
+
+// Sum of a vector's lanes.
+template <typename T>
+inline T hsum(const at::vec::Vectorized<T>& v) {
+  T lanes[at::vec::Vectorized<T>::size()];
+  v.store(lanes);
+  T sum = 0;
+  for (int64_t i = 0; i < at::vec::Vectorized<T>::size(); ++i) sum += lanes[i];
+  return sum;
+}
 
 #define MNV3_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, NAME, __VA_ARGS__)

@@ -21,6 +21,10 @@ struct Geometry {
   int64_t N, C, H, W, K, stride, pad, dil, Ho, Wo;
 };
 
+// Output vectors (NCHW) or pixels (NHWC) computed together: independent FMA
+// chains hide the FMA latency and share each weight load.
+constexpr int kBlock = 4;
+
 // ------------------------------------------------------------------ NCHW
 
 template <int K, int S, Act A, typename scalar_t>
@@ -39,6 +43,11 @@ void dw_nchw(const Tensor& x, const Tensor& w_acc, const Tensor& b_acc, Tensor& 
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.Ho * g.Wo * K * K));
 
+  // Offset of each tap in the phase-split scratch, relative to the output row's first input row.
+  int64_t tap_off[K * K];
+  for (int kh = 0; kh < K; ++kh)
+    for (int kw = 0; kw < K; ++kw) tap_off[kh * K + kw] = ((kw * d) % S * Hp + kh * d) * Wq + (kw * d) / S;
+
   at::parallel_for(0, g.N * g.C, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(S * Hp * Wq);
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -46,6 +55,9 @@ void dw_nchw(const Tensor& x, const Tensor& w_acc, const Tensor& b_acc, Tensor& 
       const scalar_t* src = xp + plane * g.H * g.W;
       // Fill the padded, phase-split copy: phase q holds padded columns q, q+S, ...
       for (int64_t q = 0; q < S; ++q) {
+        // Columns j of phase q that map inside the image: iw = j * S + q - pad in [0, W).
+        const int64_t j_lo = std::min<int64_t>(Wq, std::max<int64_t>(0, (pad - q + S - 1) / S));
+        const int64_t j_hi = std::max<int64_t>(j_lo, std::min<int64_t>(Wq, (g.W - 1 + pad - q) / S + 1));
         for (int64_t r = 0; r < Hp; ++r) {
           acc_t* row = scratch.data() + (q * Hp + r) * Wq;
           const int64_t ih = r - pad;
@@ -53,11 +65,10 @@ void dw_nchw(const Tensor& x, const Tensor& w_acc, const Tensor& b_acc, Tensor& 
             std::fill(row, row + Wq, acc_t(0));
             continue;
           }
-          const scalar_t* srow = src + ih * g.W;
-          for (int64_t j = 0; j < Wq; ++j) {
-            const int64_t iw = j * S + q - pad;
-            row[j] = (iw >= 0 && iw < g.W) ? static_cast<acc_t>(srow[iw]) : acc_t(0);
-          }
+          const scalar_t* srow = src + ih * g.W + q - pad;
+          std::fill(row, row + j_lo, acc_t(0));
+          for (int64_t j = j_lo; j < j_hi; ++j) row[j] = static_cast<acc_t>(srow[j * S]);
+          std::fill(row + j_hi, row + Wq, acc_t(0));
         }
       }
       Vec wv[K * K];
@@ -65,22 +76,28 @@ void dw_nchw(const Tensor& x, const Tensor& w_acc, const Tensor& b_acc, Tensor& 
       const Vec bias(bp[c]);
       scalar_t* dst = op + plane * g.Ho * g.Wo;
       for (int64_t oh = 0; oh < g.Ho; ++oh) {
-        for (int64_t ow = 0; ow < g.Wo; ow += V) {
+        const acc_t* in_row = scratch.data() + oh * S * Wq;
+        scalar_t* out_row = dst + oh * g.Wo;
+        int64_t ow = 0;
+        for (; ow + kBlock * V <= g.Wo; ow += kBlock * V) {
+          Vec acc[kBlock];
+          for (int j = 0; j < kBlock; ++j) acc[j] = bias;
+          MNV3_UNROLL(25)
+          for (int t = 0; t < K * K; ++t)
+            MNV3_UNROLL(4)
+            for (int j = 0; j < kBlock; ++j)
+              acc[j] = at::vec::fmadd(Vec::loadu(in_row + tap_off[t] + ow + j * V), wv[t], acc[j]);
+          for (int j = 0; j < kBlock; ++j) IO::store(out_row + ow + j * V, apply_act<A>(acc[j]));
+        }
+        for (; ow < g.Wo; ow += V) {
           Vec acc = bias;
-          for (int kh = 0; kh < K; ++kh) {
-            const int64_t r = oh * S + kh * d;
-            for (int kw = 0; kw < K; ++kw) {
-              const int64_t col = kw * d;
-              const acc_t* in = scratch.data() + ((col % S) * Hp + r) * Wq + col / S + ow;
-              acc = at::vec::fmadd(Vec::loadu(in), wv[kh * K + kw], acc);
-            }
-          }
-          acc = apply_act<A>(acc);
+          MNV3_UNROLL(25)
+          for (int t = 0; t < K * K; ++t) acc = at::vec::fmadd(Vec::loadu(in_row + tap_off[t] + ow), wv[t], acc);
           const int64_t n = std::min<int64_t>(V, g.Wo - ow);
           if (n == V)
-            IO::store(dst + oh * g.Wo + ow, acc);
+            IO::store(out_row + ow, apply_act<A>(acc));
           else
-            IO::store(dst + oh * g.Wo + ow, acc, n);
+            IO::store(out_row + ow, apply_act<A>(acc), n);
         }
       }
     }
@@ -89,54 +106,84 @@ void dw_nchw(const Tensor& x, const Tensor& w_acc, const Tensor& b_acc, Tensor& 
 
 // ------------------------------------------------------------------ NHWC
 
-template <int K, Act A, typename scalar_t>
+template <int K, int S, Act A, typename scalar_t>
 void dw_nhwc(const Tensor& x, const Tensor& w_taps, const Tensor& b_acc, Tensor& out, const Geometry& g) {
   using IO = VecIO<scalar_t>;
   using acc_t = typename IO::acc_t;
   using Vec = typename IO::Vec;
   constexpr int64_t V = IO::kSize;
-  const int64_t C = g.C;
+  const int64_t C = g.C, d = g.dil, pad = g.pad;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();  // (N, H, W, C) in memory
   const acc_t* wp = w_taps.const_data_ptr<acc_t>();    // (K*K, C)
   const acc_t* bp = b_acc.const_data_ptr<acc_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.Wo * C * K * K));
 
+  // Output pixels go kBlock at a time; for each (pixel, kernel column) the
+  // input column's offset, or -1 where it falls in the padding (or past the
+  // last pixel) and a zero vector is read instead.  Same for every row.
+  const int64_t blocks = (g.Wo + kBlock - 1) / kBlock;
+  std::vector<int64_t> col(blocks * kBlock * K);
+  std::vector<char> interior(blocks);  // every column of the block inside the image
+  for (int64_t b = 0; b < blocks; ++b) {
+    bool all = true;
+    for (int j = 0; j < kBlock; ++j)
+      for (int kw = 0; kw < K; ++kw) {
+        const int64_t ow = b * kBlock + j, iw = ow * S - pad + kw * d;
+        const bool ok = ow < g.Wo && iw >= 0 && iw < g.W;
+        col[(b * kBlock + j) * K + kw] = ok ? iw * C : -1;
+        all = all && ok;
+      }
+    interior[b] = all;
+  }
+  const std::vector<scalar_t> zeros(V, scalar_t(0));
+
   at::parallel_for(0, g.N * g.Ho, grain, [&](int64_t begin, int64_t end) {
-    int64_t in_off[K * K], w_off[K * K];
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.Ho, oh = row % g.Ho;
-      for (int64_t ow = 0; ow < g.Wo; ++ow) {
-        // The taps that land inside the image; padding contributes zero.
-        int taps = 0;
-        for (int kh = 0; kh < K; ++kh) {
-          const int64_t ih = oh * g.stride - g.pad + kh * g.dil;
-          if (ih < 0 || ih >= g.H) continue;
-          for (int kw = 0; kw < K; ++kw) {
-            const int64_t iw = ow * g.stride - g.pad + kw * g.dil;
-            if (iw < 0 || iw >= g.W) continue;
-            in_off[taps] = ((n * g.H + ih) * g.W + iw) * C;
-            w_off[taps] = (kh * K + kw) * C;
-            ++taps;
+      const int64_t ih0 = oh * S - pad;
+      int kh_lo = 0, kh_hi = K;  // the kernel rows inside the image
+      while (kh_lo < K && ih0 + kh_lo * d < 0) ++kh_lo;
+      while (kh_hi > kh_lo && ih0 + (kh_hi - 1) * d >= g.H) --kh_hi;
+      const scalar_t* in_img = xp + n * g.H * g.W * C;
+      scalar_t* out_row = op + row * g.Wo * C;
+
+      for (int64_t c = 0; c < C; c += V) {
+        const int64_t m = std::min<int64_t>(V, C - c);
+        // The chunk's weights stay in registers (K=5 fits AVX-512's 32) across the row.
+        Vec wv[K * K];
+        for (int t = 0; t < K * K; ++t) wv[t] = Vec::loadu(wp + t * C + c, m);
+        const Vec bias = Vec::loadu(bp + c, m);
+        for (int64_t b = 0; b < blocks; ++b) {
+          const int64_t* cb = col.data() + b * kBlock * K;
+          Vec acc[kBlock];
+          for (int j = 0; j < kBlock; ++j) acc[j] = bias;
+          // Loops with compile-time trip counts, fully unrolled, so wv and acc
+          // are indexed by constants and live in registers.
+          MNV3_UNROLL(5)
+          for (int kh = 0; kh < K; ++kh) {
+            if (kh < kh_lo || kh >= kh_hi) continue;
+            const scalar_t* in = in_img + (ih0 + kh * d) * g.W * C + c;
+            if (interior[b] && m == V) {
+              MNV3_UNROLL(5)
+              for (int kw = 0; kw < K; ++kw)
+                MNV3_UNROLL(4)
+                for (int j = 0; j < kBlock; ++j)
+                  acc[j] = at::vec::fmadd(IO::load(in + cb[j * K + kw]), wv[kh * K + kw], acc[j]);
+            } else {
+              MNV3_UNROLL(5)
+              for (int kw = 0; kw < K; ++kw)
+                MNV3_UNROLL(4)
+                for (int j = 0; j < kBlock; ++j) {
+                  const int64_t off = cb[j * K + kw];
+                  acc[j] = at::vec::fmadd(IO::load(off >= 0 ? in + off : zeros.data(), m), wv[kh * K + kw], acc[j]);
+                }
+            }
           }
-        }
-        scalar_t* dst = op + (row * g.Wo + ow) * C;
-        int64_t c = 0;
-        for (; c + 2 * V <= C; c += 2 * V) {  // two independent accumulators
-          Vec a0 = Vec::loadu(bp + c), a1 = Vec::loadu(bp + c + V);
-          for (int t = 0; t < taps; ++t) {
-            a0 = at::vec::fmadd(IO::load(xp + in_off[t] + c), Vec::loadu(wp + w_off[t] + c), a0);
-            a1 = at::vec::fmadd(IO::load(xp + in_off[t] + c + V), Vec::loadu(wp + w_off[t] + c + V), a1);
+          for (int j = 0; j < kBlock && b * kBlock + j < g.Wo; ++j) {
+            scalar_t* o = out_row + (b * kBlock + j) * C + c;
+            m == V ? IO::store(o, apply_act<A>(acc[j])) : IO::store(o, apply_act<A>(acc[j]), m);
           }
-          IO::store(dst + c, apply_act<A>(a0));
-          IO::store(dst + c + V, apply_act<A>(a1));
-        }
-        for (; c < C; c += V) {
-          const int64_t m = std::min<int64_t>(V, C - c);
-          Vec a = Vec::loadu(bp + c, m);
-          for (int t = 0; t < taps; ++t)
-            a = at::vec::fmadd(IO::load(xp + in_off[t] + c, m), Vec::loadu(wp + w_off[t] + c, m), a);
-          IO::store(dst + c, apply_act<A>(a), m);
         }
       }
     }
@@ -188,8 +235,10 @@ Tensor dw_conv_bn_act_cpu(const Tensor& x_in, const Tensor& weight, const std::o
       constexpr Act A = decltype(a)::value;
       if (channels_last) {
         const Tensor taps = w.t().contiguous();  // (K*K, C)
-        if (K == 3) dw_nhwc<3, A, scalar_t>(x, taps, b, out, g);
-        else dw_nhwc<5, A, scalar_t>(x, taps, b, out, g);
+        if (K == 3 && stride == 1) dw_nhwc<3, 1, A, scalar_t>(x, taps, b, out, g);
+        else if (K == 3) dw_nhwc<3, 2, A, scalar_t>(x, taps, b, out, g);
+        else if (stride == 1) dw_nhwc<5, 1, A, scalar_t>(x, taps, b, out, g);
+        else dw_nhwc<5, 2, A, scalar_t>(x, taps, b, out, g);
       } else {
         const Tensor wc = w.contiguous();
         if (K == 3 && stride == 1) dw_nchw<3, 1, A, scalar_t>(x, wc, b, out, g);

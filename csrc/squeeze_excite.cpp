@@ -22,7 +22,7 @@ T dot(const T* a, const T* b, int64_t n) {
   }
   for (; i + V <= n; i += V) acc0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc0);
   if (i < n) acc1 = at::vec::fmadd(Vec::loadu(a + i, n - i), Vec::loadu(b + i, n - i), acc1);  // zero-filled tail
-  return at::vec::vec_reduce_all<T>([](Vec p, Vec q) { return p + q; }, acc0 + acc1);
+  return hsum(acc0 + acc1);
 }
 
 // Matrix (2-D, or the 1x1-conv 4-D form) -> (rows, cols), checked.
@@ -54,7 +54,7 @@ void se_kernel(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor
         Vec acc(acc_t(0));
         int64_t i = 0;
         for (; i + V <= HW; i += V) acc = acc + IO::load(src + i);
-        acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec a, Vec b) { return a + b; }, acc);
+        acc_t sum = hsum(acc);
         for (; i < HW; ++i) sum += static_cast<acc_t>(src[i]);
         gate[p] = sum / static_cast<acc_t>(HW);
       }
@@ -76,19 +76,36 @@ void se_kernel(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor
     });
   }
 
-  // 2. The excitation: two small matrix-vector products per sample.
+  // 2. The excitation: two small matrix-vector products per sample.  With
+  // fewer samples than threads (batch 1), the rows are split across threads
+  // instead: reading W1 and W2 is most of the work there.
   const acc_t* w1p = w1.const_data_ptr<acc_t>();
   const acc_t* w2p = w2.const_data_ptr<acc_t>();
   const acc_t* b1p = b1.const_data_ptr<acc_t>();
   const acc_t* b2p = b2.const_data_ptr<acc_t>();
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> hidden(S);
-    for (int64_t n = begin; n < end; ++n) {
-      acc_t* g = gate.data() + n * C;
-      for (int64_t s = 0; s < S; ++s) hidden[s] = std::max(dot(w1p + s * C, g, C) + b1p[s], acc_t(0));
-      for (int64_t c = 0; c < C; ++c) g[c] = hsigmoid_scalar(dot(w2p + c * S, hidden.data(), S) + b2p[c]);
+  std::vector<acc_t> hidden(N * S);
+  auto squeeze_rows = [&](int64_t n, int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s)
+      hidden[n * S + s] = std::max(dot(w1p + s * C, gate.data() + n * C, C) + b1p[s], acc_t(0));
+  };
+  auto excite_rows = [&](int64_t n, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      gate[n * C + c] = hsigmoid_scalar(dot(w2p + c * S, hidden.data() + n * S, S) + b2p[c]);
+  };
+  if (N >= at::get_num_threads()) {
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        squeeze_rows(n, 0, S);
+        excite_rows(n, 0, C);
+      }
+    });
+  } else {
+    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C));  // rows of ~4K MACs per task
+    for (int64_t n = 0; n < N; ++n) {
+      at::parallel_for(0, S, grain, [&](int64_t s0, int64_t s1) { squeeze_rows(n, s0, s1); });
+      at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) { excite_rows(n, c0, c1); });
     }
-  });
+  }
 
   // 3. Scale.
   if (!channels_last) {

@@ -203,45 +203,199 @@ def _run_last_stage(x: torch.Tensor, last: LastStagePlan) -> torch.Tensor:
     return _activation(y, last.act)
 
 
+# ---------------------------------------------------------------- CPU inference: oneDNN convs
+
+# On the CPU the regular convs (stem, 1x1 expand/project, last stage) run as
+# oneDNN convolutions with weights pre-packed once into oneDNN's blocked layout,
+# the activation and the residual add fused in as post-ops (the same ATen ops
+# torch.compile's CPU backend uses).  ATen's own conv2d picks a slow fallback
+# for many of MobileNetV3's 1x1 shapes in channels_last, and re-packs the
+# weights on every call.  Everything runs channels_last.
+
+
+class OneDnnConv(NamedTuple):
+    weight: torch.Tensor  # pre-packed for one input size
+    bias: Optional[torch.Tensor]
+    padding: list
+    stride: list
+    act: str  # "none", "relu" or "hswish" (applied after the residual, if any)
+
+
+class OneDnnBlock(NamedTuple):
+    expand: Optional[OneDnnConv]
+    depthwise: DwStep
+    se: Optional[SeStep]
+    project: OneDnnConv
+    residual: bool
+
+
+class OneDnnLinear(NamedTuple):
+    weight: torch.Tensor  # pre-packed for one batch size
+    bias: Optional[torch.Tensor]
+    act: str
+
+
+class OneDnnPlan(NamedTuple):
+    stem: OneDnnConv
+    blocks: tuple
+    last: LastStagePlan
+    last_conv: OneDnnConv
+    head: OneDnnLinear  # on the pooled features the head's 1x1 convs are matrix products
+    classifier: OneDnnLinear
+
+
+# oneDNN's ReLU post-op (and its clamps) turn NaN into 0, hiding a bad input; its
+# hard-swish keeps NaN.  So ReLU runs after the conv, in place.
+_ONEDNN_ATTR = {"none": "none", "relu": "none", "hswish": "hardswish"}
+_HAS_ONEDNN = torch.backends.mkldnn.is_available() and all(
+    hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise", "_reorder_convolution_weight",
+                                             "_linear_pointwise", "_reorder_linear_weight"))
+
+
+def onednn_usable(x: torch.Tensor) -> bool:
+    """Whether the CPU oneDNN path can run this input."""
+    return (_HAS_ONEDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and x.dim() == 4 and x.numel() > 0)
+
+
+def _conv_out(size: int, k: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def _pack(step: ConvStep, shape: list) -> tuple[OneDnnConv, list]:
+    """Packs a conv for inputs of `shape`; returns it and the output shape."""
+    k, p, s = step.weight.shape[-1], step.padding, step.stride
+    weight = torch.ops.mkldnn._reorder_convolution_weight(step.weight, [p, p], [s, s], [1, 1], 1, list(shape))
+    out = [shape[0], step.weight.shape[0], _conv_out(shape[2], k, s, p), _conv_out(shape[3], k, s, p)]
+    return OneDnnConv(weight, step.bias, [p, p], [s, s], step.act), out
+
+
+def pack_plan(plan: Plan, shape: list) -> OneDnnPlan:
+    """The oneDNN plan of a folded plan, for inputs of `shape` (N, 3, H, W)."""
+    stem, shape = _pack(plan.stem, shape)
+    blocks = []
+    for b in plan.blocks:
+        expand = None
+        if b.expand is not None:
+            expand, shape = _pack(b.expand, shape)
+        dw = b.depthwise
+        k = dw.weight.shape[-1]
+        h, w = (_conv_out(v, k, dw.stride, dw.padding, dw.dilation) for v in shape[2:])
+        project, shape = _pack(b.project, [shape[0], shape[1], h, w])
+        blocks.append(OneDnnBlock(expand, dw, b.se, project, b.residual))
+    last_conv, _ = _pack(plan.last.conv, shape)
+
+    def linear(step: ConvStep) -> OneDnnLinear:
+        weight = torch.ops.mkldnn._reorder_linear_weight(step.weight.flatten(1), shape[0])
+        return OneDnnLinear(weight, step.bias, step.act)
+
+    return OneDnnPlan(stem, tuple(blocks), plan.last, last_conv, linear(plan.head), linear(plan.classifier))
+
+
+def _run_onednn_head(features: torch.Tensor, plan: OneDnnPlan) -> torch.Tensor:
+    pooled = features.mean(dim=(2, 3))
+    head, classifier = plan.head, plan.classifier
+    hidden = torch.ops.mkldnn._linear_pointwise(pooled, head.weight, head.bias, _ONEDNN_ATTR[head.act], [], "")
+    if head.act == "relu":
+        hidden = torch.relu_(hidden)
+    return torch.ops.mkldnn._linear_pointwise(hidden, classifier.weight, classifier.bias, "none", [], "")
+
+
+def _run_onednn(x: torch.Tensor, c: OneDnnConv, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    if residual is not None and c.act == "none":  # conv + residual in one pass
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, c.weight, c.bias, c.padding, c.stride, [1, 1], 1, "add", None, None, [], None)
+    y = torch.ops.mkldnn._convolution_pointwise(x, c.weight, c.bias, c.padding, c.stride, [1, 1], 1,
+                                                _ONEDNN_ATTR[c.act], [], "")
+    if c.act == "relu":
+        y = torch.relu_(y)
+    return y if residual is None else residual + y  # the seed variant adds after the activation
+
+
+def _run_onednn_block(x: torch.Tensor, b: OneDnnBlock) -> torch.Tensor:
+    y = x if b.expand is None else _run_onednn(x, b.expand)
+    y = ops.dw_conv_bn_act(y, *b.depthwise)
+    if b.se is not None:
+        y = ops.squeeze_excite(y, *b.se)
+    return _run_onednn(y, b.project, x if b.residual else None)
+
+
+def _run_onednn_last_stage(x: torch.Tensor, plan: OneDnnPlan) -> torch.Tensor:
+    last = plan.last
+    y = _run_onednn(x, plan.last_conv)
+    if last.se is not None:
+        y = ops.squeeze_excite(y, *last.se)
+    if last.bn_scale is not None:
+        y = y * last.bn_scale.to(y.dtype)[:, None, None] + last.bn_shift.to(y.dtype)[:, None, None]
+    return _activation(y, last.act)
+
+
 # ---------------------------------------------------------------- the cache
 
 
-class _FoldCache:
-    """The folded plan, per dtype and device, valid while no parameter or buffer changes.
+# Bumped whenever any module anywhere registers a parameter, buffer or submodule
+# (assignment included), so a cache can keep its list of tensors until then
+# instead of walking the module tree on every call.
+_STRUCTURE_EPOCH = [0]
 
-    The key is every parameter's and buffer's identity, storage address and
-    version counter: any in-place write (optimizer steps, `copy_`, BN running
-    stats), `load_state_dict`, `.to()`, or a replaced tensor changes it.  The
-    one thing it cannot see is a write through `tensor.data`, which PyTorch
-    gives its own version counter; after such writes call
-    `model.clear_fused_cache()`.
+
+def _structure_changed(*args):
+    _STRUCTURE_EPOCH[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_structure_changed)
+torch.nn.modules.module.register_module_buffer_registration_hook(_structure_changed)
+torch.nn.modules.module.register_module_module_registration_hook(_structure_changed)
+
+
+class _FoldCache:
+    """Folded (and, on the CPU, pre-packed) plans, valid while no parameter or buffer changes.
+
+    Entries are keyed by dtype (and input shape for the packed ones).  The
+    validity key is every parameter's and buffer's storage address and version
+    counter (and the set of tensors itself): any in-place write (optimizer
+    steps, `copy_`, BN running stats), `load_state_dict`, `.to()`, or a
+    replaced tensor or submodule changes it.  The one thing it cannot see is
+    a write through `tensor.data`, which PyTorch gives its own version
+    counter; after such writes call `model.clear_fused_cache()`.
     """
+
+    MAX_ENTRIES = 16  # plans for this many (dtype, input shape) pairs; the oldest go first
 
     def __init__(self):
         self.key = None
         self.plans: dict = {}
+        self.tensors: list = []
+        self.epoch = None
 
-    @staticmethod
-    def _key(model: nn.Module):
+    def _key(self, model: nn.Module):
+        if self.epoch != _STRUCTURE_EPOCH[0]:
+            self.tensors, self.epoch = list(model._tracked_tensors()), _STRUCTURE_EPOCH[0]
         try:
-            return tuple((id(t), t.data_ptr(), t._version) for t in model._tracked_tensors())
+            return tuple([t._version for t in self.tensors] + [t.data_ptr() for t in self.tensors])
         except RuntimeError:  # inference tensors have no version counter: don't cache
             return None
 
-    def get(self, model, dtype):
+    def get(self, model, entry):
         key = self._key(model)
         if key is None:
             return None
         if key != self.key:
             self.key, self.plans = key, {}
-        return self.plans.get(dtype)
+        return self.plans.get(entry)
 
-    def put(self, dtype, plan):
-        if self.key is not None:
-            self.plans[dtype] = plan
+    def put(self, entry, plan):
+        if self.key is None:
+            return
+        if len(self.plans) >= self.MAX_ENTRIES:
+            self.plans.pop(next(iter(self.plans)))
+        self.plans[entry] = plan
 
     def clear(self):
-        self.key, self.plans = None, {}
+        self.key, self.plans, self.epoch = None, {}, None
+
+    def __reduce__(self):  # copies and pickles of the model start with an empty cache
+        return (_FoldCache, ())
 
 
 # ---------------------------------------------------------------- the model
@@ -282,23 +436,37 @@ class MobileNetV3(ref.MobileNetV3):
         self._fold_cache.clear()
         return super()._load_from_state_dict(*args, **kwargs)
 
+    def _cacheable(self) -> bool:
+        """Plans may be cached unless compiling (the compiler traces the folds) or
+        gradients must flow into the folded weights (frozen-BN fine-tuning)."""
+        if torch.compiler.is_compiling():
+            return False
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+
     def fused_plan(self, dtype: Optional[torch.dtype] = None) -> Plan:
         """The BN-folded plan the eval forward runs, cast to `dtype` (default: the weights')."""
-        compiling = torch.compiler.is_compiling()
-        differentiable = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        use_cache = not compiling and not differentiable
+        use_cache = self._cacheable()
         weight_dtype = self.init_conv[0].weight.dtype
         dtype = dtype or weight_dtype
         if use_cache:
             plan = self._fold_cache.get(self, dtype)
             if plan is not None:
                 return plan
-        with torch.set_grad_enabled(differentiable):
+        with torch.set_grad_enabled(not use_cache and torch.is_grad_enabled()):
             plan = build_plan(self)
             if dtype != weight_dtype:
                 plan = _cast_plan(plan, dtype)
         if use_cache:
             self._fold_cache.put(dtype, plan)
+        return plan
+
+    def _onednn_plan(self, x: torch.Tensor) -> OneDnnPlan:
+        entry = ("onednn", x.dtype, tuple(x.shape))
+        plan = self._fold_cache.get(self, entry)
+        if plan is None:
+            with torch.no_grad():
+                plan = pack_plan(self.fused_plan(x.dtype), list(x.shape))
+            self._fold_cache.put(entry, plan)
         return plan
 
     # -- forward ------------------------------------------------------------
@@ -309,6 +477,9 @@ class MobileNetV3(ref.MobileNetV3):
 
     def _stages_fused(self, x: torch.Tensor):
         """Yields (output, stride) after the stem, each block and the last stage (eval)."""
+        if self._cacheable() and onednn_usable(x):  # (never while compiling)
+            yield from self._stages_onednn(x.contiguous(memory_format=torch.channels_last))
+            return
         plan = self.fused_plan(x.dtype)
         x = _run_conv(x, plan.stem)
         yield x, plan.stem.stride
@@ -316,6 +487,15 @@ class MobileNetV3(ref.MobileNetV3):
             x = _run_block(x, b)
             yield x, b.depthwise.stride
         yield _run_last_stage(x, plan.last), 1
+
+    def _stages_onednn(self, x: torch.Tensor):
+        plan = self._onednn_plan(x)
+        x = _run_onednn(x, plan.stem)
+        yield x, plan.stem.stride[0]
+        for b in plan.blocks:
+            x = _run_onednn_block(x, b)
+            yield x, b.depthwise.stride
+        yield _run_onednn_last_stage(x, plan), 1
 
     def _stages_modules(self, x: torch.Tensor):
         """Yields (output, stride) like `_stages_fused`, with BN as modules (train mode)."""
@@ -348,10 +528,20 @@ class MobileNetV3(ref.MobileNetV3):
         if self._use_reference() or self.training:
             return super().forward_head(features)  # dropout is active in training
         plan = self.fused_plan(features.dtype)
-        pooled = features.mean(dim=(2, 3), keepdim=True)
-        return _run_conv(_run_conv(pooled, plan.head), plan.classifier).flatten(1)
+        # On the pooled 1x1 map the head's 1x1 convs are matrix products.
+        pooled = features.mean(dim=(2, 3))
+        head, classifier = _like(plan.head, pooled), _like(plan.classifier, pooled)
+        hidden = _activation(F.linear(pooled, head.weight.flatten(1), head.bias), head.act)
+        return F.linear(hidden, classifier.weight.flatten(1), classifier.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._use_reference() and not self.training and self._cacheable() and onednn_usable(x):
+            ref._check_input(x)
+            x = x.contiguous(memory_format=torch.channels_last)
+            plan = self._onednn_plan(x)
+            for features, _ in self._stages_onednn(x):
+                pass
+            return _run_onednn_head(features, plan)
         return self.forward_head(self.forward_features(x))
 
     def feature_maps(self, x: torch.Tensor) -> list:

@@ -113,6 +113,20 @@ class TestCacheInvalidation:
             assert fast64(x.double()).dtype == torch.float64
             assert_close_rel(fast64(x.double()), ref2.double()(x.double()), rtol=1e-10)
 
+    def test_replaced_parameter_and_submodule(self):
+        ref, fast = pair()
+        x = randn(1, 3, 64, 64)
+        with torch.no_grad():
+            fast(x)
+            new_gamma = torch.rand(ref.block[4].depthwise_conv[1].num_features) + 0.5
+            for model in (ref, fast):  # a new Parameter object, not an in-place write
+                model.block[4].depthwise_conv[1].weight = torch.nn.Parameter(new_gamma.clone())
+            assert_close_rel(fast(x), ref(x))
+            head = torch.nn.Conv2d(1024, 1000, 1)
+            for model in (ref, fast):  # a new submodule
+                model.out_conv2[3] = copy.deepcopy(head)
+            assert_close_rel(fast(x), ref(x))
+
     def test_train_then_eval_uses_new_statistics(self):
         ref, fast = pair()
         x = randn(4, 3, 64, 64)

@@ -44,8 +44,9 @@ def _load_extension() -> str | None:
     # A binary built against another torch can crash on load; refuse it instead.
     if info.TORCH_VERSION != torch.__version__:
         return f"mnv3_fast._C was built against torch {info.TORCH_VERSION}, but torch {torch.__version__} is installed"
-    if info.CPU_ARCH == "avx2" and not _cpu_has({"avx2", "fma"}):
-        return "mnv3_fast._C was built for AVX2+FMA, which this CPU lacks"
+    needs = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma"}}
+    if not _cpu_has(needs.get(info.CPU_ARCH, set())):
+        return f"mnv3_fast._C was built for {info.CPU_ARCH.upper()}, which this CPU lacks"
     try:
         importlib.import_module("mnv3_fast._C")
     except ImportError as exc:
