@@ -406,7 +406,7 @@ def convert(module: nn.Module) -> MobileNetV3:
     if isinstance(module, ref.MobileNetV3):
         fast = MobileNetV3(config=module.config)
         fast.load_state_dict(module.state_dict())
-        return fast.eval()
+        return _like_source(fast, module).eval()
     sd = module.state_dict()
     cls = type(module)
     kind = f"{cls.__module__}.{cls.__name__}"
@@ -422,7 +422,13 @@ def convert(module: nn.Module) -> MobileNetV3:
     except (AttributeError, IndexError, StopIteration) as exc:
         raise TypeError(f"convert: {kind} is not MobileNetV3-shaped ({exc})") from None
     mapping.check_all_used(cls.__name__)
-    return _build(config, mapping.out, cls.__name__, mapping.origin)
+    return _like_source(_build(config, mapping.out, cls.__name__, mapping.origin), module)
+
+
+def _like_source(fast: MobileNetV3, source: nn.Module) -> MobileNetV3:
+    """The converted model on the source's device and in its dtype."""
+    first = next(source.parameters(), None)
+    return fast if first is None else fast.to(device=first.device, dtype=first.dtype)
 
 
 def _looks_like_torchvision(module: nn.Module) -> bool:

@@ -4,8 +4,12 @@ Each op lives in its own module with its fake kernel and autograd:
 `activations` (hswish, hsigmoid), `dw_conv_bn_act`, `squeeze_excite`.
 `reference` holds the plain-PyTorch reference of each.
 """
+import warnings
+
+import torch
+
 from . import reference
-from ._library import EXTENSION_ERROR
+from ._library import EXTENSION_ERROR, register_triton_kernels
 from .activations import hsigmoid, hswish
 from .dw_conv_bn_act import dw_conv_bn_act
 from .fold_bn import fold_bn
@@ -14,7 +18,12 @@ from .squeeze_excite import squeeze_excite
 #: True when the C++ CPU kernels are loaded (False: the references run instead).
 HAS_CPU_KERNELS = EXTENSION_ERROR is None
 
+#: Why the Triton CUDA kernels are not in use (None when they are, or when there is no GPU).
+TRITON_ERROR = register_triton_kernels() if torch.cuda.is_available() else None
+if TRITON_ERROR is not None:
+    warnings.warn(f"mnv3_fast: {TRITON_ERROR}; the mnv3 ops run their PyTorch references on CUDA", RuntimeWarning)
+
 __all__ = [
-    "HAS_CPU_KERNELS", "EXTENSION_ERROR", "reference",
+    "HAS_CPU_KERNELS", "EXTENSION_ERROR", "TRITON_ERROR", "reference",
     "hswish", "hsigmoid", "dw_conv_bn_act", "squeeze_excite", "fold_bn",
 ]

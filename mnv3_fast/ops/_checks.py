@@ -23,12 +23,13 @@ def _shape(t: torch.Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
-def check_floating(op: str, name: str, t: torch.Tensor) -> None:
-    dtypes = supported_dtypes(t.device)
+def check_floating(op: str, name: str, t: torch.Tensor, dtypes: tuple | None = None) -> None:
+    dtypes = dtypes or supported_dtypes(t.device)
     if t.dtype not in dtypes:
         names = [str(d).replace("torch.", "") for d in dtypes]
         allowed = ", ".join(names[:-1]) + " or " + names[-1]
-        raise TypeError(f"{op}: expected {name} to be {allowed} on the {t.device.type.upper()}, got {t.dtype}")
+        where = "" if dtypes == GPU_DTYPES else f" on the {t.device.type.upper()}"
+        raise TypeError(f"{op}: expected {name} to be {allowed}{where}, got {t.dtype}")
 
 
 def check_same(op: str, x: torch.Tensor, name: str, t: torch.Tensor) -> None:
@@ -61,11 +62,11 @@ def dw_conv_output_size(size: int, k: int, stride: int, padding: int, dilation: 
     return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
 
-def check_dw_conv_args(x, weight, bias, stride, padding, dilation, act) -> tuple[int, int]:
+def check_dw_conv_args(x, weight, bias, stride, padding, dilation, act, dtypes=None) -> tuple[int, int]:
     """Validates mnv3::dw_conv_bn_act's arguments; returns the output (Ho, Wo)."""
     op = "mnv3::dw_conv_bn_act"
     check_rank4(op, x)
-    check_floating(op, "x", x)
+    check_floating(op, "x", x, dtypes)
     check_same(op, x, "weight", weight)
     C = x.shape[1]
     if not (weight.dim() == 4 and weight.shape[0] == C and weight.shape[1] == 1 and weight.shape[2] == weight.shape[3]):
@@ -103,11 +104,11 @@ def _check_matrix(op, name, w, rows, cols):
         raise ValueError(f"{op}: expected {name} of shape ({rows}, {cols}) or ({rows}, {cols}, 1, 1), got {_shape(w)}")
 
 
-def check_se_args(x, w1, b1, w2, b2) -> int:
+def check_se_args(x, w1, b1, w2, b2, dtypes=None) -> int:
     """Validates mnv3::squeeze_excite's arguments; returns the squeeze width S."""
     op = "mnv3::squeeze_excite"
     check_rank4(op, x)
-    check_floating(op, "x", x)
+    check_floating(op, "x", x, dtypes)
     for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
         check_same(op, x, name, t)
     C = x.shape[1]

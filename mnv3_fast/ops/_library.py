@@ -54,18 +54,42 @@ def _load_extension() -> str | None:
     return None
 
 
+#: The Triton launchers, by op name, once mnv3_fast.ops.triton is registered for CUDA.
+CUDA_KERNELS: dict = {}
+
+
+def _cuda_kernel(name: str, reference_impl: Callable) -> Callable:
+    """The op's CUDA kernel: its Triton launcher when registered, else the reference."""
+
+    def kernel(*args):
+        return CUDA_KERNELS.get(name, reference_impl)(*args)
+
+    return kernel
+
+
 def define(schema: str, reference_impl: Callable, fake: Callable) -> str:
-    """Defines `mnv3::<schema>` with its fake kernel, and registers the reference
-    as the kernel for CPU (when the extension is missing) and CUDA (until a
-    faster kernel replaces it).  Returns the qualified name."""
+    """Defines `mnv3::<schema>` with its fake kernel and its CUDA kernel (Triton,
+    or the reference without triton), and the reference as the CPU kernel when
+    the C++ extension is missing.  Returns the qualified name."""
     name = schema.split("(", 1)[0]
     LIB.define(schema)
     qualname = f"mnv3::{name}"
     torch.library.register_fake(qualname, fake, lib=LIB)
-    devices = ("CUDA",) if EXTENSION_ERROR is None else ("CPU", "CUDA")
-    for key in devices:
-        LIB.impl(name, reference_impl, key)
+    LIB.impl(name, _cuda_kernel(name, reference_impl), "CUDA")
+    if EXTENSION_ERROR is not None:
+        LIB.impl(name, reference_impl, "CPU")
     return qualname
+
+
+def register_triton_kernels() -> str | None:
+    """Makes the Triton launchers the ops' CUDA kernels; returns why not, or None."""
+    try:
+        from . import triton as triton_ops
+    except ImportError as exc:
+        return f"triton is not available ({exc})"
+    for name in ("hswish", "hsigmoid", "dw_conv_bn_act", "squeeze_excite"):
+        CUDA_KERNELS[name] = getattr(triton_ops, name)
+    return None
 
 
 EXTENSION_ERROR = _load_extension()

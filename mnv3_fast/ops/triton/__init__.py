@@ -1,0 +1,17 @@
+"""Triton kernels for the mnv3 ops, one module per op (kernel + launcher).
+
+The launchers take the torch ops' arguments and run on whatever device the
+tensors are on: CUDA tensors on the GPU, CPU tensors under the Triton
+interpreter (``TRITON_INTERPRET=1``, set before this module is imported),
+which is how the CPU test suite checks them.  On a machine with CUDA and
+triton they are registered as the ops' CUDA kernels, so ``torch.ops.mnv3.*``
+picks them by device.  Fake kernels and autograd are the ops' own (shared with
+the CPU kernels).
+
+Importing this module needs triton; ``mnv3_fast`` itself imports without it.
+"""
+from .activations import hsigmoid, hswish
+from .dw_conv_bn_act import dw_conv_bn_act
+from .squeeze_excite import squeeze_excite
+
+__all__ = ["hswish", "hsigmoid", "dw_conv_bn_act", "squeeze_excite"]
