@@ -164,7 +164,23 @@ void dw_nhwc(const Tensor& x, const Tensor& w_taps, const Tensor& b_acc, Tensor&
           for (int kh = 0; kh < K; ++kh) {
             if (kh < kh_lo || kh >= kh_hi) continue;
             const scalar_t* in = in_img + (ih0 + kh * d) * g.W * C + c;
-            if (interior[b] && m == V) {
+            if (d == 1) {
+              // Each input column of the block is loaded once and used by every
+              // (output pixel j, kernel column kw) pair that reads it, i = j * S + kw;
+              // columns in the padding read as zeros.
+              const int64_t col0 = b * kBlock * S - pad;
+              const scalar_t* row_in = in + col0 * C;
+              MNV3_UNROLL(16)
+              for (int i = 0; i < (kBlock - 1) * S + K; ++i) {
+                const bool inside = col0 + i >= 0 && col0 + i < g.W;
+                const Vec xi = !inside ? Vec(acc_t(0)) : (m == V ? IO::load(row_in + i * C) : IO::load(row_in + i * C, m));
+                MNV3_UNROLL(4)
+                for (int j = 0; j < kBlock; ++j) {
+                  const int kw = i - j * S;
+                  if (kw >= 0 && kw < K) acc[j] = at::vec::fmadd(xi, wv[kh * K + kw], acc[j]);
+                }
+              }
+            } else if (interior[b] && m == V) {
               MNV3_UNROLL(5)
               for (int kw = 0; kw < K; ++kw)
                 MNV3_UNROLL(4)
