@@ -28,7 +28,8 @@ constexpr int kBlock = 4;
 // ------------------------------------------------------------------ NCHW
 
 template <int K, int S, Act A, typename scalar_t>
-void dw_nchw(const Tensor& x, const Tensor& w_acc, const Tensor& b_acc, Tensor& out, const Geometry& g) {
+void dw_nchw(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opmath_type<scalar_t>* bp, Tensor& out,
+             const Geometry& g) {  // weights (C, K*K)
   using IO = VecIO<scalar_t>;
   using acc_t = typename IO::acc_t;
   using Vec = typename IO::Vec;
@@ -38,8 +39,6 @@ void dw_nchw(const Tensor& x, const Tensor& w_acc, const Tensor& b_acc, Tensor& 
   const int64_t Hp = (g.Ho - 1) * S + (K - 1) * d + 1;  // rows any output reads
   const int64_t Wq = Wo_round + ((K - 1) * d) / S + 1;  // columns per phase, rounded for full vectors
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const acc_t* wp = w_acc.const_data_ptr<acc_t>();
-  const acc_t* bp = b_acc.const_data_ptr<acc_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.Ho * g.Wo * K * K));
 
@@ -107,15 +106,14 @@ void dw_nchw(const Tensor& x, const Tensor& w_acc, const Tensor& b_acc, Tensor& 
 // ------------------------------------------------------------------ NHWC
 
 template <int K, int S, Act A, typename scalar_t>
-void dw_nhwc(const Tensor& x, const Tensor& w_taps, const Tensor& b_acc, Tensor& out, const Geometry& g) {
+void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opmath_type<scalar_t>* bp, Tensor& out,
+             const Geometry& g) {  // weights tap-major (K*K, C)
   using IO = VecIO<scalar_t>;
   using acc_t = typename IO::acc_t;
   using Vec = typename IO::Vec;
   constexpr int64_t V = IO::kSize;
   const int64_t C = g.C, d = g.dil, pad = g.pad;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();  // (N, H, W, C) in memory
-  const acc_t* wp = w_taps.const_data_ptr<acc_t>();    // (K*K, C)
-  const acc_t* bp = b_acc.const_data_ptr<acc_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.Wo * C * K * K));
 
@@ -242,25 +240,34 @@ Tensor dw_conv_bn_act_cpu(const Tensor& x_in, const Tensor& weight, const std::o
   Tensor out = at::empty({g.N, C, g.Ho, g.Wo}, x.options().memory_format(format));
   if (out.numel() == 0) return out;
 
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const Tensor w = weight.to(acc_type).reshape({C, K * K});
-  const Tensor b = bias.has_value() ? bias->to(acc_type).contiguous() : at::zeros({C}, x.options().dtype(acc_type));
-
+  const Tensor w = weight.contiguous(), b = bias.has_value() ? bias->contiguous() : Tensor();
   MNV3_DISPATCH_FLOATING(x.scalar_type(), kOp, [&] {
+    // The weights in the accumulation type, laid out for the kernel: per channel
+    // (C, K*K) for NCHW, tap-major (K*K, C) for NHWC.  Plain buffers, not
+    // tensors: this runs on every call, and at batch 1 tensor ops would cost
+    // as much as the convolution.
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* w_src = w.const_data_ptr<scalar_t>();
+    std::vector<acc_t> w_acc(C * K * K), b_acc(C, acc_t(0));
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t t = 0; t < K * K; ++t)
+        w_acc[channels_last ? t * C + c : c * K * K + t] = static_cast<acc_t>(w_src[c * K * K + t]);
+    if (b.defined())
+      for (int64_t c = 0; c < C; ++c) b_acc[c] = static_cast<acc_t>(b.const_data_ptr<scalar_t>()[c]);
+    const acc_t* wp = w_acc.data();
+    const acc_t* bp = b_acc.data();
     dispatch_act(act, [&](auto a) {
       constexpr Act A = decltype(a)::value;
       if (channels_last) {
-        const Tensor taps = w.t().contiguous();  // (K*K, C)
-        if (K == 3 && stride == 1) dw_nhwc<3, 1, A, scalar_t>(x, taps, b, out, g);
-        else if (K == 3) dw_nhwc<3, 2, A, scalar_t>(x, taps, b, out, g);
-        else if (stride == 1) dw_nhwc<5, 1, A, scalar_t>(x, taps, b, out, g);
-        else dw_nhwc<5, 2, A, scalar_t>(x, taps, b, out, g);
+        if (K == 3 && stride == 1) dw_nhwc<3, 1, A, scalar_t>(x, wp, bp, out, g);
+        else if (K == 3) dw_nhwc<3, 2, A, scalar_t>(x, wp, bp, out, g);
+        else if (stride == 1) dw_nhwc<5, 1, A, scalar_t>(x, wp, bp, out, g);
+        else dw_nhwc<5, 2, A, scalar_t>(x, wp, bp, out, g);
       } else {
-        const Tensor wc = w.contiguous();
-        if (K == 3 && stride == 1) dw_nchw<3, 1, A, scalar_t>(x, wc, b, out, g);
-        else if (K == 3) dw_nchw<3, 2, A, scalar_t>(x, wc, b, out, g);
-        else if (stride == 1) dw_nchw<5, 1, A, scalar_t>(x, wc, b, out, g);
-        else dw_nchw<5, 2, A, scalar_t>(x, wc, b, out, g);
+        if (K == 3 && stride == 1) dw_nchw<3, 1, A, scalar_t>(x, wp, bp, out, g);
+        else if (K == 3) dw_nchw<3, 2, A, scalar_t>(x, wp, bp, out, g);
+        else if (stride == 1) dw_nchw<5, 1, A, scalar_t>(x, wp, bp, out, g);
+        else dw_nchw<5, 2, A, scalar_t>(x, wp, bp, out, g);
       }
     });
   });
