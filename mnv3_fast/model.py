@@ -247,9 +247,16 @@ class OneDnnPlan(NamedTuple):
 # oneDNN's ReLU post-op (and its clamps) turn NaN into 0, hiding a bad input; its
 # hard-swish keeps NaN.  So ReLU runs after the conv, in place.
 _ONEDNN_ATTR = {"none": "none", "relu": "none", "hswish": "hardswish"}
+# The op overloads, resolved once: at batch 1 the per-call Python cost matters.
+_dw_conv_bn_act = torch.ops.mnv3.dw_conv_bn_act.default
+_squeeze_excite = torch.ops.mnv3.squeeze_excite.default
 _HAS_ONEDNN = torch.backends.mkldnn.is_available() and all(
     hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise", "_reorder_convolution_weight",
                                              "_linear_pointwise", "_reorder_linear_weight"))
+if _HAS_ONEDNN:
+    _conv_pointwise = torch.ops.mkldnn._convolution_pointwise.default
+    _conv_pointwise_add = torch.ops.mkldnn._convolution_pointwise.binary
+    _linear_pointwise = torch.ops.mkldnn._linear_pointwise.default
 
 
 def onednn_usable(x: torch.Tensor) -> bool:
@@ -295,18 +302,17 @@ def pack_plan(plan: Plan, shape: list) -> OneDnnPlan:
 def _run_onednn_head(features: torch.Tensor, plan: OneDnnPlan) -> torch.Tensor:
     pooled = features.mean(dim=(2, 3))
     head, classifier = plan.head, plan.classifier
-    hidden = torch.ops.mkldnn._linear_pointwise(pooled, head.weight, head.bias, _ONEDNN_ATTR[head.act], [], "")
+    hidden = _linear_pointwise(pooled, head.weight, head.bias, _ONEDNN_ATTR[head.act], [], "")
     if head.act == "relu":
         hidden = torch.relu_(hidden)
-    return torch.ops.mkldnn._linear_pointwise(hidden, classifier.weight, classifier.bias, "none", [], "")
+    return _linear_pointwise(hidden, classifier.weight, classifier.bias, "none", [], "")
 
 
 def _run_onednn(x: torch.Tensor, c: OneDnnConv, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     if residual is not None and c.act == "none":  # conv + residual in one pass
-        return torch.ops.mkldnn._convolution_pointwise.binary(
+        return _conv_pointwise_add(
             x, residual, c.weight, c.bias, c.padding, c.stride, [1, 1], 1, "add", None, None, [], None)
-    y = torch.ops.mkldnn._convolution_pointwise(x, c.weight, c.bias, c.padding, c.stride, [1, 1], 1,
-                                                _ONEDNN_ATTR[c.act], [], "")
+    y = _conv_pointwise(x, c.weight, c.bias, c.padding, c.stride, [1, 1], 1, _ONEDNN_ATTR[c.act], [], "")
     if c.act == "relu":
         y = torch.relu_(y)
     return y if residual is None else residual + y  # the seed variant adds after the activation
@@ -314,9 +320,9 @@ def _run_onednn(x: torch.Tensor, c: OneDnnConv, residual: Optional[torch.Tensor]
 
 def _run_onednn_block(x: torch.Tensor, b: OneDnnBlock) -> torch.Tensor:
     y = x if b.expand is None else _run_onednn(x, b.expand)
-    y = ops.dw_conv_bn_act(y, *b.depthwise)
+    y = _dw_conv_bn_act(y, *b.depthwise)
     if b.se is not None:
-        y = ops.squeeze_excite(y, *b.se)
+        y = _squeeze_excite(y, *b.se)
     return _run_onednn(y, b.project, x if b.residual else None)
 
 
@@ -324,7 +330,7 @@ def _run_onednn_last_stage(x: torch.Tensor, plan: OneDnnPlan) -> torch.Tensor:
     last = plan.last
     y = _run_onednn(x, plan.last_conv)
     if last.se is not None:
-        y = ops.squeeze_excite(y, *last.se)
+        y = _squeeze_excite(y, *last.se)
     if last.bn_scale is not None:
         y = y * last.bn_scale.to(y.dtype)[:, None, None] + last.bn_shift.to(y.dtype)[:, None, None]
     return _activation(y, last.act)
