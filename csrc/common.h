@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <sstream>
 #include <string>
+#include <vector>
 
 // Full unrolling of a loop with a compile-time trip count, so that small
 // arrays of vectors indexed by the loop variable stay in registers.
@@ -163,6 +164,21 @@ inline T hsum(const at::vec::Vectorized<T>& v) {
   T sum = 0;
   for (int64_t i = 0; i < at::vec::Vectorized<T>::size(); ++i) sum += lanes[i];
   return sum;
+}
+
+// A tensor's values in the accumulation type, without tensor ops (they cost
+// more than the work at batch 1): its own data when it already is contiguous
+// acc_t, else a converted copy kept in `storage`.
+template <typename acc_t, typename scalar_t>
+const acc_t* acc_data(const Tensor& t, std::vector<acc_t>& storage) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    if (t.is_contiguous()) return t.const_data_ptr<acc_t>();
+  }
+  const Tensor c = t.contiguous();
+  const scalar_t* p = c.const_data_ptr<scalar_t>();
+  storage.resize(c.numel());
+  for (int64_t i = 0; i < c.numel(); ++i) storage[i] = static_cast<acc_t>(p[i]);
+  return storage.data();
 }
 
 #define MNV3_DISPATCH_FLOATING(TYPE, NAME, ...) \

@@ -24,6 +24,7 @@ struct Geometry {
 // Output vectors (NCHW) or pixels (NHWC) computed together: independent FMA
 // chains hide the FMA latency and share each weight load.
 constexpr int kBlock = 4;
+constexpr int64_t kNarrowPlane = 8;  // NCHW outputs at most this wide go through the NHWC kernel
 
 // ------------------------------------------------------------------ NCHW
 
@@ -236,6 +237,14 @@ Tensor dw_conv_bn_act_cpu(const Tensor& x_in, const Tensor& weight, const std::o
 
   const bool channels_last = is_channels_last(x_in);
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  // NCHW planes narrower than a few vectors waste most lanes of the NCHW
+  // kernel; there the NHWC kernel on a transposed copy is faster, even with
+  // the two transposes.  The output keeps the input's (NCHW) layout.
+  if (!channels_last && g.Wo <= kNarrowPlane && g.C >= 64) {
+    const Tensor x_cl = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+    if (is_channels_last(x_cl))  // (not for degenerate shapes such as 1x1 planes, which stay NCHW)
+      return dw_conv_bn_act_cpu(x_cl, weight, bias, stride, padding, dilation, act_name).contiguous();
+  }
   const Tensor x = x_in.contiguous(format);  // no copy when already in that layout
   Tensor out = at::empty({g.N, C, g.Ho, g.Wo}, x.options().memory_format(format));
   if (out.numel() == 0) return out;

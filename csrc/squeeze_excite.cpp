@@ -25,23 +25,23 @@ T dot(const T* a, const T* b, int64_t n) {
   return hsum(acc0 + acc1);
 }
 
-// Matrix (2-D, or the 1x1-conv 4-D form) -> (rows, cols), checked.
-Tensor as_matrix(const Tensor& w, const char* name, int64_t rows, int64_t cols) {
+// A (rows, cols) matrix, or its (rows, cols, 1, 1) 1x1-conv form (the same values in the same order).
+void check_matrix(const Tensor& w, const char* name, int64_t rows, int64_t cols) {
   const bool ok = (w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1)) && w.size(0) == rows &&
                   w.size(1) == cols;
   TORCH_CHECK_VALUE(ok, kOp, ": expected ", name, " of shape (", rows, ", ", cols, ") or (", rows, ", ", cols,
               ", 1, 1), got ", shape_str(w));
-  return w.reshape({rows, cols});
 }
 
 template <typename scalar_t>
-void se_kernel(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2, Tensor& out,
-               bool channels_last) {
+void se_kernel(const Tensor& x, const at::opmath_type<scalar_t>* w1p, const at::opmath_type<scalar_t>* b1p,
+               const at::opmath_type<scalar_t>* w2p, const at::opmath_type<scalar_t>* b2p, int64_t S, Tensor& out,
+               bool channels_last) {  // w1 (S, C), w2 (C, S)
   using IO = VecIO<scalar_t>;
   using acc_t = typename IO::acc_t;
   using Vec = typename IO::Vec;
   constexpr int64_t V = IO::kSize;
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), S = w1.size(0);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   std::vector<acc_t> gate(N * C);  // first the pooled means, then the gates
@@ -79,10 +79,6 @@ void se_kernel(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor
   // 2. The excitation: two small matrix-vector products per sample.  With
   // fewer samples than threads (batch 1), the rows are split across threads
   // instead: reading W1 and W2 is most of the work there.
-  const acc_t* w1p = w1.const_data_ptr<acc_t>();
-  const acc_t* w2p = w2.const_data_ptr<acc_t>();
-  const acc_t* b1p = b1.const_data_ptr<acc_t>();
-  const acc_t* b2p = b2.const_data_ptr<acc_t>();
   std::vector<acc_t> hidden(N * S);
   auto squeeze_rows = [&](int64_t n, int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s)
@@ -145,8 +141,8 @@ Tensor squeeze_excite_cpu(const Tensor& x_in, const Tensor& w1_in, const Tensor&
   const int64_t C = x_in.size(1);
   TORCH_CHECK_VALUE(w1_in.dim() >= 1, kOp, ": expected w1 of shape (S, ", C, "), got ", shape_str(w1_in));
   const int64_t S = w1_in.size(0);
-  const Tensor w1 = as_matrix(w1_in, "w1", S, C);
-  const Tensor w2 = as_matrix(w2_in, "w2", C, S);
+  check_matrix(w1_in, "w1", S, C);
+  check_matrix(w2_in, "w2", C, S);
   TORCH_CHECK_VALUE(b1.dim() == 1 && b1.size(0) == S, kOp, ": expected b1 of shape (", S, "), got ", shape_str(b1));
   TORCH_CHECK_VALUE(b2.dim() == 1 && b2.size(0) == C, kOp, ": expected b2 of shape (", C, "), got ", shape_str(b2));
 
@@ -156,10 +152,12 @@ Tensor squeeze_excite_cpu(const Tensor& x_in, const Tensor& w1_in, const Tensor&
   Tensor out = at::empty(x.sizes(), x.options().memory_format(format));
   if (out.numel() == 0) return out;
 
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto acc = [&](const Tensor& t) { return t.to(acc_type).contiguous(); };
   MNV3_DISPATCH_FLOATING(x.scalar_type(), kOp, [&] {
-    se_kernel<scalar_t>(x, acc(w1), acc(b1), acc(w2), acc(b2), out, channels_last);
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> w1s, b1s, w2s, b2s;  // used only for inputs that need converting
+    se_kernel<scalar_t>(x, acc_data<acc_t, scalar_t>(w1_in, w1s), acc_data<acc_t, scalar_t>(b1, b1s),
+                        acc_data<acc_t, scalar_t>(w2_in, w2s), acc_data<acc_t, scalar_t>(b2, b2s), S, out,
+                        channels_last);
   });
   return out;
 }

@@ -57,6 +57,7 @@ def test_sliced_non_contiguous_and_empty(poison_outputs):
     x, w1, b1, w2, b2 = make_args(4, 16, 8, 10, 12)
     for sliced in (x[:, :, 1::2, 3:], x[1:3].transpose(2, 3), x.to(memory_format=torch.channels_last)[:, :, 2:-1]):
         check((sliced, w1, b1, w2, b2))
+    check((x, torch.randn(16, 8).t(), b1, w2.t().contiguous().t(), b2))  # non-contiguous weights
     check((x[:0], w1, b1, w2, b2))
     check((x[:, :, :0], w1, b1, w2, b2))  # no pixels: an empty output, not a division by zero
 
