@@ -118,9 +118,10 @@ void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.Wo * C * K * K));
 
-  // Output pixels go kBlock at a time; for each (pixel, kernel column) the
-  // input column's offset, or -1 where it falls in the padding (or past the
-  // last pixel) and a zero vector is read instead.  Same for every row.
+  // Output pixels go kBlock at a time.  For dilation 2 (dilation 1 has its own
+  // path below): for each (pixel, kernel column) the input column's offset, or
+  // -1 where it falls in the padding (or past the last pixel) and a zero
+  // vector is read instead.  Same for every row.
   const int64_t blocks = (g.Wo + kBlock - 1) / kBlock;
   std::vector<int64_t> col(blocks * kBlock * K);
   std::vector<char> interior(blocks);  // every column of the block inside the image

@@ -25,3 +25,13 @@ def test_ci_runs_the_readme_test_command():
     assert install in ci_lines and run in ci_lines
     assert ci_lines.index(install) < ci_lines.index(run)
     assert "python3 -m venv .venv" in ci_lines  # a fresh environment, not the developer's
+
+
+def test_quick_start_runs_as_written():
+    quick_start = read("README.md").split("## Quick start", 1)[1]
+    code = re.search(r"```python\n(.*?)```", quick_start, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "README.md (quick start)", "exec"), namespace)
+    assert namespace["logits"].shape == (8, 1000)
+    with __import__("torch").inference_mode():
+        assert (namespace["fast"](namespace["x"]) - namespace["tv"](namespace["x"])).abs().max() < 1e-5
