@@ -127,7 +127,7 @@ def run_sweep(batches, formats, dtypes, repeats, device, copy_bw=None):
 def markdown(runs, env, copy_bw):
     """One table: per layer, the median speed-up of each run and the min-max across runs."""
     where = env.get("gpu") or f"{env['cpu']} ({env['cpu_count']} cores, {env['cpu_capability']}, {env['torch_threads']} threads)"
-    lines = [f"# Fused ops vs eager chains, MobileNetV3-Large layers at 224x224", "",
+    lines = ["# Fused ops vs eager chains, MobileNetV3-Large layers at 224x224", "",
              f"Machine: {where}, torch {env['torch']}, {env['date']}. Command: `{env['command']}`. {len(runs)} run(s); "
              "each cell is the median over interleaved repeats; the speed-up range is min-max across runs."
              + (f" Device-to-device copy: {copy_bw / 1e9:.0f} GB/s." if copy_bw else ""), "",

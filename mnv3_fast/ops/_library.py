@@ -14,8 +14,6 @@ from typing import Callable
 
 import torch
 
-from . import reference
-
 LIB = torch.library.Library("mnv3", "DEF")
 
 #: Why the C++ extension is not in use (None when it is).
@@ -101,4 +99,4 @@ if EXTENSION_ERROR is not None:
         stacklevel=2,
     )
 
-__all__ = ["LIB", "EXTENSION_ERROR", "define", "reference"]
+__all__ = ["LIB", "EXTENSION_ERROR", "CUDA_KERNELS", "define", "register_triton_kernels"]
