@@ -23,7 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .ops.fold_bn import bn_affine
 from .reference import model as ref
+
+# The op overloads, resolved once: at batch 1 the per-call Python cost matters.
+_dw_conv_bn_act = torch.ops.mnv3.dw_conv_bn_act.default
+_squeeze_excite = torch.ops.mnv3.squeeze_excite.default
 
 
 # ---------------------------------------------------------------- the fused plan
@@ -97,17 +102,6 @@ def _activation(x: torch.Tensor, act: str) -> torch.Tensor:
     return x
 
 
-def _bn_affine(bn: nn.BatchNorm2d):
-    """(scale, shift) of an eval-mode BN: bn(x) = x * scale + shift."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift
-
-
 def _conv_step(seq: nn.Sequential, act: Optional[str] = None) -> ConvStep:
     """[conv, BN, act?] -> one ConvStep with the BN folded in."""
     conv, bn = seq[0], seq[1]
@@ -148,7 +142,7 @@ def build_plan(model: ref.MobileNetV3) -> Plan:
     """Folds every BN of an eval-mode model into the conv before it (differentiably)."""
     stage = model.out_conv1
     if isinstance(stage[1], ref.SeedSqueezeBlock):  # seed SMALL: conv -> SE -> BN -> act
-        scale, shift = _bn_affine(stage[2])
+        scale, shift = bn_affine(stage[2])
         last = LastStagePlan(_plain_conv_step(stage[0], "none"), _se_step(stage[1]), scale, shift, _act_name(stage[3]))
     else:
         last = LastStagePlan(_conv_step(stage), None, None, None, "none")
@@ -194,13 +188,17 @@ def _run_block(x: torch.Tensor, b: BlockPlan) -> torch.Tensor:
     return x + y if b.residual else y
 
 
-def _run_last_stage(x: torch.Tensor, last: LastStagePlan) -> torch.Tensor:
-    y = _run_conv(x, last.conv)
+def _last_stage_tail(y: torch.Tensor, last: LastStagePlan) -> torch.Tensor:
+    """What follows the last stage's conv: [SE, BN affine] (seed SMALL), activation."""
     if last.se is not None:
-        y = ops.squeeze_excite(y, *_like(last.se, y))
+        y = _squeeze_excite(y, *_like(last.se, y))
     if last.bn_scale is not None:
         y = y * last.bn_scale.to(y.dtype)[:, None, None] + last.bn_shift.to(y.dtype)[:, None, None]
     return _activation(y, last.act)
+
+
+def _run_last_stage(x: torch.Tensor, last: LastStagePlan) -> torch.Tensor:
+    return _last_stage_tail(_run_conv(x, last.conv), last)
 
 
 # ---------------------------------------------------------------- CPU inference: oneDNN convs
@@ -247,9 +245,6 @@ class OneDnnPlan(NamedTuple):
 # oneDNN's ReLU post-op (and its clamps) turn NaN into 0, hiding a bad input; its
 # hard-swish keeps NaN.  So ReLU runs after the conv, in place.
 _ONEDNN_ATTR = {"none": "none", "relu": "none", "hswish": "hardswish"}
-# The op overloads, resolved once: at batch 1 the per-call Python cost matters.
-_dw_conv_bn_act = torch.ops.mnv3.dw_conv_bn_act.default
-_squeeze_excite = torch.ops.mnv3.squeeze_excite.default
 _HAS_ONEDNN = torch.backends.mkldnn.is_available() and all(
     hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise", "_reorder_convolution_weight",
                                              "_linear_pointwise", "_reorder_linear_weight"))
@@ -327,13 +322,7 @@ def _run_onednn_block(x: torch.Tensor, b: OneDnnBlock) -> torch.Tensor:
 
 
 def _run_onednn_last_stage(x: torch.Tensor, plan: OneDnnPlan) -> torch.Tensor:
-    last = plan.last
-    y = _run_onednn(x, plan.last_conv)
-    if last.se is not None:
-        y = _squeeze_excite(y, *last.se)
-    if last.bn_scale is not None:
-        y = y * last.bn_scale.to(y.dtype)[:, None, None] + last.bn_shift.to(y.dtype)[:, None, None]
-    return _activation(y, last.act)
+    return _last_stage_tail(_run_onednn(x, plan.last_conv), plan.last)
 
 
 # ---------------------------------------------------------------- the cache

@@ -5,6 +5,17 @@ import torch
 from torch import nn
 
 
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of an eval-mode BN: bn(x) = x * scale + shift (not detached)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (weight, bias) of a conv equivalent to bn(conv(x)) with bn in eval mode.
 
@@ -20,13 +31,8 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
         raise ValueError(f"fold_bn: the BN has {bn.num_features} features but the conv {conv.out_channels} output channels")
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("fold_bn: the BN has no running statistics (track_running_stats=False), so it cannot be folded")
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
+    scale, shift = bn_affine(bn)
     if conv.bias is not None:
         shift = shift + conv.bias * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
     weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
     return weight, shift.to(conv.weight.dtype)
