@@ -294,6 +294,30 @@ def pack_plan(plan: Plan, shape: list) -> OneDnnPlan:
     return OneDnnPlan(stem, tuple(blocks), plan.last, last_conv, linear(plan.head), linear(plan.classifier))
 
 
+def activation_peak(plan: Plan, shape: list) -> int:
+    """The most elements (per image) any one conv reads plus writes, for inputs of `shape` (C, H, W)."""
+    peak = 0
+
+    def conv(k, stride, padding, dilation, channels_out, shape):
+        nonlocal peak
+        out = [channels_out] + [_conv_out(v, k, stride, padding, dilation) for v in shape[1:]]
+        peak = max(peak, shape[0] * shape[1] * shape[2] + out[0] * out[1] * out[2])
+        return out
+
+    def step(s, shape):
+        return conv(s.weight.shape[-1], s.stride, s.padding, 1, s.weight.shape[0], shape)
+
+    shape = step(plan.stem, shape)
+    for b in plan.blocks:
+        if b.expand is not None:
+            shape = step(b.expand, shape)
+        dw = b.depthwise
+        shape = conv(dw.weight.shape[-1], dw.stride, dw.padding, dw.dilation, shape[0], shape)
+        shape = step(b.project, shape)
+    step(plan.last.conv, shape)
+    return peak
+
+
 def _run_onednn_head(features: torch.Tensor, plan: OneDnnPlan) -> torch.Tensor:
     pooled = features.mean(dim=(2, 3))
     head, classifier = plan.head, plan.classifier
@@ -371,12 +395,15 @@ class _FoldCache:
         except RuntimeError:  # inference tensors have no version counter: don't cache
             return None
 
-    def get(self, model, entry):
+    def refresh(self, model) -> None:
+        """Drops the entries if any tensor changed since the last call.  Computing
+        the key walks every parameter (~40 us for Small), so a forward calls this
+        once and then uses `get` and `put`."""
         key = self._key(model)
-        if key is None:
-            return None
-        if key != self.key:
+        if key is None or key != self.key:
             self.key, self.plans = key, {}
+
+    def get(self, entry):
         return self.plans.get(entry)
 
     def put(self, entry, plan):
@@ -404,6 +431,13 @@ class MobileNetV3(ref.MobileNetV3):
     `model.eval()` for inference; `model.to(memory_format=torch.channels_last)`
     with channels_last inputs is the fast layout on GPU.
     """
+
+    # On the CPU a batch runs in chunks whose largest layer (input plus output
+    # activations) fits in this many bytes, so that each layer's activations stay
+    # in the caches (L2 + the shared L3) instead of going through DRAM.  Measured
+    # on a 2-core EPYC with 32 MiB of L3: Large at batch 32 runs 25-35% faster per
+    # image in chunks of 4-8 than whole.  Set to 0 to run the batch whole.
+    cpu_chunk_bytes: int = 20 * 2**20
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -444,7 +478,8 @@ class MobileNetV3(ref.MobileNetV3):
         weight_dtype = self.init_conv[0].weight.dtype
         dtype = dtype or weight_dtype
         if use_cache:
-            plan = self._fold_cache.get(self, dtype)
+            self._fold_cache.refresh(self)
+            plan = self._fold_cache.get(dtype)
             if plan is not None:
                 return plan
         with torch.set_grad_enabled(not use_cache and torch.is_grad_enabled()):
@@ -456,13 +491,26 @@ class MobileNetV3(ref.MobileNetV3):
         return plan
 
     def _onednn_plan(self, x: torch.Tensor) -> OneDnnPlan:
+        """The pre-packed plan for inputs of x's shape; call `_fold_cache.refresh` first."""
         entry = ("onednn", x.dtype, tuple(x.shape))
-        plan = self._fold_cache.get(self, entry)
+        plan = self._fold_cache.get(entry)
         if plan is None:
             with torch.no_grad():
                 plan = pack_plan(self.fused_plan(x.dtype), list(x.shape))
             self._fold_cache.put(entry, plan)
         return plan
+
+    def _cpu_chunks(self, x: torch.Tensor) -> int:
+        """In how many chunks to run the batch on the CPU (see `cpu_chunk_bytes`)."""
+        if not self.cpu_chunk_bytes:
+            return 1
+        entry = ("peak", tuple(x.shape[1:]))
+        peak = self._fold_cache.get(entry)
+        if peak is None:
+            peak = activation_peak(self.fused_plan(x.dtype), list(x.shape[1:]))
+            self._fold_cache.put(entry, peak)
+        images = max(1, self.cpu_chunk_bytes // (peak * x.element_size()))
+        return -(-x.shape[0] // images)
 
     # -- forward ------------------------------------------------------------
 
@@ -484,6 +532,7 @@ class MobileNetV3(ref.MobileNetV3):
         yield _run_last_stage(x, plan.last), 1
 
     def _stages_onednn(self, x: torch.Tensor):
+        self._fold_cache.refresh(self)
         plan = self._onednn_plan(x)
         x = _run_onednn(x, plan.stem)
         yield x, plan.stem.stride[0]
@@ -532,12 +581,21 @@ class MobileNetV3(ref.MobileNetV3):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._use_reference() and not self.training and self._cacheable() and onednn_usable(x):
             ref._check_input(x)
-            x = x.contiguous(memory_format=torch.channels_last)
-            plan = self._onednn_plan(x)
-            for features, _ in self._stages_onednn(x):
-                pass
-            return _run_onednn_head(features, plan)
+            return self._forward_onednn(x.contiguous(memory_format=torch.channels_last))
         return self.forward_head(self.forward_features(x))
+
+    def _forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
+        self._fold_cache.refresh(self)
+        logits = []
+        # Near-equal chunks (at most two sizes to pack weights for); slices of
+        # an NHWC tensor along N stay contiguous.
+        for part in x.tensor_split(self._cpu_chunks(x)):
+            plan = self._onednn_plan(part)
+            features = _run_onednn(part, plan.stem)
+            for b in plan.blocks:
+                features = _run_onednn_block(features, b)
+            logits.append(_run_onednn_head(_run_onednn_last_stage(features, plan), plan))
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
 
     def feature_maps(self, x: torch.Tensor) -> list:
         """Features at total strides 2, 4, 8, 16 and 32, as `reference.MobileNetV3.feature_maps`."""

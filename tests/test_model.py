@@ -6,6 +6,7 @@ import torch
 
 import mnv3_fast
 from mnv3_fast import reference
+from mnv3_fast.model import activation_peak
 
 from conftest import randn
 
@@ -83,6 +84,18 @@ def test_channels_last_and_nchw_agree():
         fast_cl = copy.deepcopy(fast).to(memory_format=torch.channels_last)
         assert_close_rel(fast_cl(x.contiguous(memory_format=torch.channels_last)), expected)
         assert_close_rel(fast_cl(x), expected)
+
+
+@pytest.mark.parametrize("images_per_chunk, chunks", [(1, 7), (3, 3), (0, 1)])  # 0: the whole batch
+def test_cpu_batch_chunks_give_the_whole_batch_result(images_per_chunk, chunks):
+    ref, fast = pair("SMALL")
+    x = randn(7, 3, 61, 61)
+    with torch.no_grad():
+        peak_bytes = activation_peak(fast.fused_plan(), [3, 61, 61]) * x.element_size()
+        fast.cpu_chunk_bytes = images_per_chunk * peak_bytes
+        assert fast._cpu_chunks(x) == chunks
+        assert_close_rel(fast(x), ref(x))
+        assert_close_rel(fast(x[:1]), ref(x[:1]))
 
 
 class TestCacheInvalidation:
