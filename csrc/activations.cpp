@@ -1,6 +1,7 @@
 // mnv3::hswish and mnv3::hsigmoid: elementwise, vectorized, parallel over
 // large tensors, for any strides and memory format.
 #include "common.h"
+#include "ops.h"
 
 namespace mnv3 {
 namespace {
@@ -31,6 +32,8 @@ Tensor unary_cpu(const char* op, const Tensor& x, VecFn vec_fn, ScalarFn scalar_
   return out;
 }
 
+}  // namespace
+
 Tensor hswish_cpu(const Tensor& x) {
   return unary_cpu(
       "mnv3::hswish", x, [](auto v) { return apply_act<Act::HSwish>(v); },
@@ -41,8 +44,6 @@ Tensor hsigmoid_cpu(const Tensor& x) {
   return unary_cpu(
       "mnv3::hsigmoid", x, [](auto v) { return hsigmoid_vec(v); }, [](auto v) { return hsigmoid_scalar(v); });
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(mnv3, CPU, m) {
   m.impl("hswish", &hswish_cpu);

@@ -9,6 +9,7 @@
 //  * NHWC (channels_last): one output row per task, vectorized along C with
 //    the weights repacked tap-major as (k*k, C).
 #include "common.h"
+#include "ops.h"
 
 #include <vector>
 
@@ -208,6 +209,8 @@ void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
 
 // ------------------------------------------------------------------ op
 
+}  // namespace
+
 Tensor dw_conv_bn_act_cpu(const Tensor& x_in, const Tensor& weight, const std::optional<Tensor>& bias,
                           int64_t stride, int64_t padding, int64_t dilation, c10::string_view act_name) {
   check_rank4(kOp, x_in);
@@ -284,7 +287,6 @@ Tensor dw_conv_bn_act_cpu(const Tensor& x_in, const Tensor& weight, const std::o
   return out;
 }
 
-}  // namespace
 
 TORCH_LIBRARY_IMPL(mnv3, CPU, m) { m.impl("dw_conv_bn_act", &dw_conv_bn_act_cpu); }
 

@@ -2,6 +2,7 @@
 // One op, two passes over x: a vectorized pool, the two small matrix-vector
 // products per sample (in fp32, or fp64 for fp64 inputs), then the gated scale.
 #include "common.h"
+#include "ops.h"
 
 #include <vector>
 
@@ -129,6 +130,8 @@ void se_kernel(const Tensor& x, const at::opmath_type<scalar_t>* w1p, const at::
   }
 }
 
+}  // namespace
+
 Tensor squeeze_excite_cpu(const Tensor& x_in, const Tensor& w1_in, const Tensor& b1, const Tensor& w2_in,
                           const Tensor& b2) {
   check_rank4(kOp, x_in);
@@ -162,7 +165,6 @@ Tensor squeeze_excite_cpu(const Tensor& x_in, const Tensor& w1_in, const Tensor&
   return out;
 }
 
-}  // namespace
 
 TORCH_LIBRARY_IMPL(mnv3, CPU, m) { m.impl("squeeze_excite", &squeeze_excite_cpu); }
 

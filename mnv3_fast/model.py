@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .ops import cpu_program
 from .ops.fold_bn import bn_affine
 from .reference import model as ref
 
 # The op overloads, resolved once: at batch 1 the per-call Python cost matters.
-_dw_conv_bn_act = torch.ops.mnv3.dw_conv_bn_act.default
 _squeeze_excite = torch.ops.mnv3.squeeze_excite.default
+_run_cpu_program = torch.ops.mnv3.run_cpu_program.default
 
 
 # ---------------------------------------------------------------- the fused plan
@@ -242,16 +243,9 @@ class OneDnnPlan(NamedTuple):
     classifier: OneDnnLinear
 
 
-# oneDNN's ReLU post-op (and its clamps) turn NaN into 0, hiding a bad input; its
-# hard-swish keeps NaN.  So ReLU runs after the conv, in place.
-_ONEDNN_ATTR = {"none": "none", "relu": "none", "hswish": "hardswish"}
 _HAS_ONEDNN = torch.backends.mkldnn.is_available() and all(
     hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise", "_reorder_convolution_weight",
                                              "_linear_pointwise", "_reorder_linear_weight"))
-if _HAS_ONEDNN:
-    _conv_pointwise = torch.ops.mkldnn._convolution_pointwise.default
-    _conv_pointwise_add = torch.ops.mkldnn._convolution_pointwise.binary
-    _linear_pointwise = torch.ops.mkldnn._linear_pointwise.default
 
 
 def onednn_usable(x: torch.Tensor) -> bool:
@@ -318,35 +312,58 @@ def activation_peak(plan: Plan, shape: list) -> int:
     return peak
 
 
-def _run_onednn_head(features: torch.Tensor, plan: OneDnnPlan) -> torch.Tensor:
-    pooled = features.mean(dim=(2, 3))
-    head, classifier = plan.head, plan.classifier
-    hidden = _linear_pointwise(pooled, head.weight, head.bias, _ONEDNN_ATTR[head.act], [], "")
-    if head.act == "relu":
-        hidden = torch.relu_(hidden)
-    return _linear_pointwise(hidden, classifier.weight, classifier.bias, "none", [], "")
+class CpuProgram(NamedTuple):
+    """A packed plan encoded for `mnv3::run_cpu_program` (see mnv3_fast/ops/cpu_program.py)."""
+
+    tensors: list
+    program: list
+    stages: int  # MARKs: the stem, each block, the last stage
 
 
-def _run_onednn(x: torch.Tensor, c: OneDnnConv, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    if residual is not None and c.act == "none":  # conv + residual in one pass
-        return _conv_pointwise_add(
-            x, residual, c.weight, c.bias, c.padding, c.stride, [1, 1], 1, "add", None, None, [], None)
-    y = _conv_pointwise(x, c.weight, c.bias, c.padding, c.stride, [1, 1], 1, _ONEDNN_ATTR[c.act], [], "")
-    if c.act == "relu":
-        y = torch.relu_(y)
-    return y if residual is None else residual + y  # the seed variant adds after the activation
+def encode_program(plan: OneDnnPlan) -> CpuProgram:
+    tensors, program = [], []
 
+    def ref(t: Optional[torch.Tensor]) -> int:
+        if t is None:
+            return -1
+        tensors.append(t)
+        return len(tensors) - 1
 
-def _run_onednn_block(x: torch.Tensor, b: OneDnnBlock) -> torch.Tensor:
-    y = x if b.expand is None else _run_onednn(x, b.expand)
-    y = _dw_conv_bn_act(y, *b.depthwise)
-    if b.se is not None:
-        y = _squeeze_excite(y, *b.se)
-    return _run_onednn(y, b.project, x if b.residual else None)
+    def act(name: str) -> int:
+        return cpu_program.ACTS.index(name)
 
+    def conv(c: OneDnnConv, residual: bool = False):
+        program.extend([cpu_program.CONV, ref(c.weight), ref(c.bias), c.stride[0], c.padding[0], act(c.act),
+                        int(residual)])
 
-def _run_onednn_last_stage(x: torch.Tensor, plan: OneDnnPlan) -> torch.Tensor:
-    return _last_stage_tail(_run_onednn(x, plan.last_conv), plan.last)
+    def se(s: Optional[SeStep]):
+        if s is not None:
+            program.extend([cpu_program.SE, *(ref(t) for t in s)])
+
+    def linear(lin: OneDnnLinear):
+        program.extend([cpu_program.LINEAR, ref(lin.weight), ref(lin.bias), act(lin.act), lin.weight.shape[0]])
+
+    conv(plan.stem)
+    program.extend([cpu_program.MARK, plan.stem.stride[0]])
+    for b in plan.blocks:
+        if b.residual:
+            program.append(cpu_program.SAVE)
+        if b.expand is not None:
+            conv(b.expand)
+        dw = b.depthwise
+        program.extend([cpu_program.DW, ref(dw.weight), ref(dw.bias), dw.stride, dw.padding, dw.dilation, act(dw.act)])
+        se(b.se)
+        conv(b.project, b.residual)
+        program.extend([cpu_program.MARK, dw.stride])
+    conv(plan.last_conv)
+    last = plan.last
+    se(last.se)
+    if last.bn_scale is not None:
+        program.extend([cpu_program.AFFINE, ref(last.bn_scale), ref(last.bn_shift)])
+    program.extend([cpu_program.ACT, act(last.act), cpu_program.MARK, 1, cpu_program.POOL])
+    linear(plan.head)
+    linear(plan.classifier)
+    return CpuProgram(tensors, program, len(plan.blocks) + 2)
 
 
 # ---------------------------------------------------------------- the cache
@@ -490,15 +507,15 @@ class MobileNetV3(ref.MobileNetV3):
             self._fold_cache.put(dtype, plan)
         return plan
 
-    def _onednn_plan(self, x: torch.Tensor) -> OneDnnPlan:
-        """The pre-packed plan for inputs of x's shape; call `_fold_cache.refresh` first."""
+    def _cpu_program(self, x: torch.Tensor) -> CpuProgram:
+        """The encoded, pre-packed forward for inputs of x's shape; call `_fold_cache.refresh` first."""
         entry = ("onednn", x.dtype, tuple(x.shape))
-        plan = self._fold_cache.get(entry)
-        if plan is None:
+        program = self._fold_cache.get(entry)
+        if program is None:
             with torch.no_grad():
-                plan = pack_plan(self.fused_plan(x.dtype), list(x.shape))
-            self._fold_cache.put(entry, plan)
-        return plan
+                program = encode_program(pack_plan(self.fused_plan(x.dtype), list(x.shape)))
+            self._fold_cache.put(entry, program)
+        return program
 
     def _cpu_chunks(self, x: torch.Tensor) -> int:
         """In how many chunks to run the batch on the CPU (see `cpu_chunk_bytes`)."""
@@ -533,13 +550,10 @@ class MobileNetV3(ref.MobileNetV3):
 
     def _stages_onednn(self, x: torch.Tensor):
         self._fold_cache.refresh(self)
-        plan = self._onednn_plan(x)
-        x = _run_onednn(x, plan.stem)
-        yield x, plan.stem.stride[0]
-        for b in plan.blocks:
-            x = _run_onednn_block(x, b)
-            yield x, b.depthwise.stride
-        yield _run_onednn_last_stage(x, plan), 1
+        program = self._cpu_program(x)
+        stages = cpu_program.interpret(x, program.tensors, program.program)
+        for _ in range(program.stages):  # (stop before the pooling and the head)
+            yield next(stages)
 
     def _stages_modules(self, x: torch.Tensor):
         """Yields (output, stride) like `_stages_fused`, with BN as modules (train mode)."""
@@ -590,11 +604,8 @@ class MobileNetV3(ref.MobileNetV3):
         # Near-equal chunks (at most two sizes to pack weights for); slices of
         # an NHWC tensor along N stay contiguous.
         for part in x.tensor_split(self._cpu_chunks(x)):
-            plan = self._onednn_plan(part)
-            features = _run_onednn(part, plan.stem)
-            for b in plan.blocks:
-                features = _run_onednn_block(features, b)
-            logits.append(_run_onednn_head(_run_onednn_last_stage(features, plan), plan))
+            program = self._cpu_program(part)
+            logits.append(_run_cpu_program(part, program.tensors, program.program))
         return logits[0] if len(logits) == 1 else torch.cat(logits)
 
     def feature_maps(self, x: torch.Tensor) -> list:

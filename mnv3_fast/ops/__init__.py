@@ -1,7 +1,8 @@
 """The mnv3 torch ops (`torch.ops.mnv3.*`) and their Python entry points.
 
 Each op lives in its own module with its fake kernel and autograd:
-`activations` (hswish, hsigmoid), `dw_conv_bn_act`, `squeeze_excite`.
+`activations` (hswish, hsigmoid), `dw_conv_bn_act`, `squeeze_excite`, and
+`cpu_program` (a whole CPU inference forward as one op, used by the model).
 `reference` holds the plain-PyTorch reference of each.
 """
 import warnings
@@ -11,6 +12,7 @@ import torch
 from . import reference
 from ._library import EXTENSION_ERROR, register_triton_kernels
 from .activations import hsigmoid, hswish
+from .cpu_program import run_cpu_program
 from .dw_conv_bn_act import dw_conv_bn_act
 from .fold_bn import fold_bn
 from .squeeze_excite import squeeze_excite
@@ -25,5 +27,5 @@ if TRITON_ERROR is not None:
 
 __all__ = [
     "HAS_CPU_KERNELS", "EXTENSION_ERROR", "TRITON_ERROR", "reference",
-    "hswish", "hsigmoid", "dw_conv_bn_act", "squeeze_excite", "fold_bn",
+    "hswish", "hsigmoid", "dw_conv_bn_act", "squeeze_excite", "fold_bn", "run_cpu_program",
 ]

@@ -1,0 +1,159 @@
+// mnv3::run_cpu_program: a whole CPU inference forward in one call.  The
+// instruction set is documented in mnv3_fast/ops/cpu_program.py, whose
+// `interpret` is the same machine in Python (and this op's reference).
+//
+// Why: at batch 1, calling ~60 small ops one by one from Python costs about
+// as much as their arithmetic.  Here each instruction is a direct call: the
+// mnv3 kernels as C++ functions, the oneDNN convolutions through the
+// dispatcher (boxed, so that this file depends only on their schemas).
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "common.h"
+#include "ops.h"
+
+namespace mnv3 {
+namespace {
+
+constexpr const char* kOp = "mnv3::run_cpu_program";
+
+enum Opcode : int64_t { kSave, kConv, kDw, kSe, kAffine, kAct, kMark, kPool, kLinear, kNumOpcodes };
+constexpr int64_t kArgCounts[kNumOpcodes] = {0, 6, 6, 4, 2, 1, 1, 0, 4};
+constexpr const char* kNames[kNumOpcodes] = {"SAVE", "CONV", "DW", "SE", "AFFINE", "ACT", "MARK", "POOL", "LINEAR"};
+constexpr const char* kActNames[3] = {"none", "relu", "hswish"};
+// oneDNN's ReLU post-op turns NaN into 0, so ReLU runs after the op, in place.
+constexpr const char* kOneDnnAttr[3] = {"none", "none", "hardswish"};
+
+using Stack = std::vector<c10::IValue>;
+
+c10::IValue ints2(int64_t v) { return c10::IValue(c10::List<int64_t>({v, v})); }
+c10::IValue no_scalars() { return c10::IValue(c10::List<std::optional<c10::Scalar>>()); }
+
+Tensor pop_result(const c10::OperatorHandle& op, Stack& stack) {
+  op.callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+// mkldnn::_convolution_pointwise(X, W, B?, padding, stride, dilation, groups, attr, scalars, algorithm)
+Tensor conv(const Tensor& x, const Tensor& w, c10::IValue bias, int64_t stride, int64_t pad, int64_t act) {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise", "");
+  Stack s{x, w, std::move(bias), ints2(pad), ints2(stride), ints2(1), int64_t(1), std::string(kOneDnnAttr[act]),
+          no_scalars(), std::string()};
+  return pop_result(op, s);
+}
+
+// mkldnn::_convolution_pointwise.binary(X, other, W, B?, padding, stride, dilation, groups, "add", ...): conv + other
+Tensor conv_add(const Tensor& x, const Tensor& other, const Tensor& w, c10::IValue bias, int64_t stride, int64_t pad) {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise", "binary");
+  Stack s{x, other, w, std::move(bias), ints2(pad), ints2(stride), ints2(1), int64_t(1), std::string("add"),
+          c10::IValue(), c10::IValue(), no_scalars(), c10::IValue()};
+  return pop_result(op, s);
+}
+
+// mkldnn::_linear_pointwise(X, W, B?, attr, scalars, algorithm)
+Tensor linear(const Tensor& x, const Tensor& w, c10::IValue bias, int64_t act) {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  Stack s{x, w, std::move(bias), std::string(kOneDnnAttr[act]), no_scalars(), std::string()};
+  return pop_result(op, s);
+}
+
+Tensor activate(Tensor x, int64_t act) {
+  if (act == 1) return x.relu_();
+  if (act == 2) return hswish_cpu(x);
+  return x;
+}
+
+// Global average pool to (N, C).  On channels_last the mean over the middle
+// axis of an (N, HW, C) view is one contiguous sweep per image.
+Tensor pool(const Tensor& x) {
+  if (is_channels_last(x)) return x.permute({0, 2, 3, 1}).reshape({x.size(0), -1, x.size(1)}).mean(1);
+  return x.mean({2, 3});
+}
+
+Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) {
+  check_rank4(kOp, x_in);
+  TORCH_CHECK_VALUE(x_in.device().is_cpu(), kOp, ": runs on the CPU only, got x on ", x_in.device());
+  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16, kOp,
+                   ": expected x to be float32 or bfloat16 on the CPU, got ", x_in.scalar_type());
+  const int64_t num_tensors = static_cast<int64_t>(tensors.size());
+
+  // Check the whole program before running any of it.
+  int64_t last = -1, out_features = 0;
+  for (size_t i = 0; i < program.size();) {
+    const int64_t op = program[i];
+    TORCH_CHECK_VALUE(op >= 0 && op < kNumOpcodes, kOp, ": unknown opcode ", op, " at position ", i, " (expected 0..",
+                      kNumOpcodes - 1, ")");
+    const int64_t n = kArgCounts[op];
+    TORCH_CHECK_VALUE(i + 1 + n <= program.size(), kOp, ": ", kNames[op], " at position ", i, " needs ", n,
+                      " arguments, got ", program.size() - i - 1);
+    const int64_t* a = program.data() + i + 1;
+    auto check_tensor = [&](int64_t k, bool optional) {
+      TORCH_CHECK_VALUE(a[k] >= (optional ? -1 : 0) && a[k] < num_tensors, kOp, ": ", kNames[op], " at position ", i,
+                        " names tensor ", a[k], ", but there are ", num_tensors, " tensors");
+    };
+    auto check_act = [&](int64_t k) {
+      TORCH_CHECK_VALUE(a[k] >= 0 && a[k] <= 2, kOp, ": ", kNames[op], " at position ", i, " has activation code ",
+                        a[k], " (expected 0 none, 1 relu or 2 hswish)");
+    };
+    switch (op) {
+      case kConv: check_tensor(0, false), check_tensor(1, true), check_act(4); break;
+      case kDw: check_tensor(0, false), check_tensor(1, true), check_act(5); break;
+      case kSe: for (int k = 0; k < 4; ++k) check_tensor(k, false); break;
+      case kAffine: check_tensor(0, false), check_tensor(1, false); break;
+      case kAct: check_act(0); break;
+      case kLinear: check_tensor(0, false), check_tensor(1, true), check_act(2), out_features = a[3]; break;
+      default: break;
+    }
+    last = op;
+    i += 1 + n;
+  }
+  TORCH_CHECK_VALUE(last == kLinear, kOp, ": expected the program to end with a LINEAR instruction");
+  if (x_in.size(0) == 0) return at::empty({0, out_features}, x_in.options());  // (oneDNN rejects empty inputs)
+
+  auto optional_tensor = [&](int64_t k) { return k < 0 ? c10::IValue() : c10::IValue(tensors[k]); };
+  Tensor x = x_in, saved;
+  for (size_t i = 0; i < program.size(); i += 1 + kArgCounts[program[i]]) {
+    const int64_t* a = program.data() + i + 1;
+    switch (program[i]) {
+      case kSave: saved = x; break;
+      case kConv: {  // weight bias stride pad act residual
+        if (a[5] && a[4] == 0) {  // conv + residual in one pass
+          x = conv_add(x, saved, tensors[a[0]], optional_tensor(a[1]), a[2], a[3]);
+          break;
+        }
+        x = conv(x, tensors[a[0]], optional_tensor(a[1]), a[2], a[3], a[4]);
+        if (a[4] == 1) x.relu_();
+        if (a[5]) x.add_(saved);  // the seed variant adds after the activation
+        break;
+      }
+      case kDw: {  // weight bias stride pad dilation act
+        const std::optional<Tensor> bias = a[1] < 0 ? std::nullopt : std::optional<Tensor>(tensors[a[1]]);
+        x = dw_conv_bn_act_cpu(x, tensors[a[0]], bias, a[2], a[3], a[4], kActNames[a[5]]);
+        break;
+      }
+      case kSe: x = squeeze_excite_cpu(x, tensors[a[0]], tensors[a[1]], tensors[a[2]], tensors[a[3]]); break;
+      case kAffine: {
+        const int64_t C = x.size(1);
+        x = x * tensors[a[0]].view({1, C, 1, 1}) + tensors[a[1]].view({1, C, 1, 1});
+        break;
+      }
+      case kAct: x = activate(x, a[0]); break;
+      case kMark: break;
+      case kPool: x = pool(x); break;
+      case kLinear: {  // weight bias act out_features
+        x = linear(x, tensors[a[0]], optional_tensor(a[1]), a[2]);
+        if (a[2] == 1) x.relu_();
+        break;
+      }
+      default: break;
+    }
+  }
+  return x;
+}
+
+}  // namespace
+
+// The packed weights are oneDNN (MkldnnCPU) tensors, which select that key.
+TORCH_LIBRARY_IMPL(mnv3, CPU, m) { m.impl("run_cpu_program", &run_cpu_program_cpu); }
+TORCH_LIBRARY_IMPL(mnv3, MkldnnCPU, m) { m.impl("run_cpu_program", &run_cpu_program_cpu); }
+
+}  // namespace mnv3

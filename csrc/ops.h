@@ -1,0 +1,18 @@
+// The CPU kernels of the mnv3 ops, for C++ callers (the whole-forward runner in
+// cpu_program.cpp calls them directly, without going through the dispatcher).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace mnv3 {
+
+at::Tensor hswish_cpu(const at::Tensor& x);
+at::Tensor hsigmoid_cpu(const at::Tensor& x);
+at::Tensor dw_conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                              int64_t stride, int64_t padding, int64_t dilation, c10::string_view act);
+at::Tensor squeeze_excite_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                              const at::Tensor& b2);
+
+}  // namespace mnv3

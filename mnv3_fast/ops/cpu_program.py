@@ -1,0 +1,163 @@
+"""mnv3::run_cpu_program: a whole CPU inference forward as one op.
+
+At batch 1 a MobileNetV3 forward is ~60 small ops, and running them one by one
+from Python costs about as much as the arithmetic (measured: ~1 ms of a 3-4 ms
+MobileNetV3-Small forward on 2 cores).  The model therefore encodes its folded,
+pre-packed network as a *program*: a flat list of ints over a list of tensors,
+built once and cached with the folded weights.  The C++ kernel
+(csrc/cpu_program.cpp) runs the program in one call: the regular convs as
+oneDNN convolutions (ATen's `mkldnn::_convolution_pointwise` ops, weights
+packed by `mkldnn::_reorder_convolution_weight`), the depthwise convs and SE as
+the mnv3 kernels.  `interpret` below is the same machine in Python: the op's
+reference (used when the extension is missing), and the stage-by-stage runner
+behind `MobileNetV3.feature_maps`.
+
+Instructions (opcode, then its arguments; tensor arguments index `tensors`,
+-1 for "no bias"; acts are 0 none, 1 relu, 2 hswish):
+
+    SAVE                                   keep the current value (a residual)
+    CONV   weight bias stride pad act res  conv, act; res=1 adds the saved value
+    DW     weight bias stride pad dil act  mnv3::dw_conv_bn_act
+    SE     w1 b1 w2 b2                     mnv3::squeeze_excite
+    AFFINE scale shift                     per-channel x * scale + shift
+    ACT    act
+    MARK   stride                          a stage ends here (for feature maps)
+    POOL                                   global average pool: (N, C, H, W) -> (N, C)
+    LINEAR weight bias act out_features    on pooled features; must come last
+
+Inference only: no autograd (the weights are packed copies).
+"""
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_floating, check_rank4
+from ._library import EXTENSION_ERROR, LIB, define
+
+OP = "mnv3::run_cpu_program"
+
+SAVE, CONV, DW, SE, AFFINE, ACT, MARK, POOL, LINEAR = range(9)
+NAMES = ("SAVE", "CONV", "DW", "SE", "AFFINE", "ACT", "MARK", "POOL", "LINEAR")
+ARG_COUNTS = (0, 6, 6, 4, 2, 1, 1, 0, 4)
+TENSOR_ARGS = ((), (0, 1), (0, 1), (0, 1, 2, 3), (0, 1), (), (), (), (0, 1))  # which arguments index `tensors`
+ACTS = ("none", "relu", "hswish")
+# oneDNN's ReLU post-op turns NaN into 0 (hiding a bad input); its hard-swish
+# keeps NaN.  So ReLU runs after the conv, in place.
+ONEDNN_ATTR = ("none", "none", "hardswish")
+
+
+def decode(program: list, num_tensors: int) -> list:
+    """[(opcode, args)] of a program, checked: known opcodes, whole instructions,
+    tensor indices in range, known activations, a LINEAR last."""
+    out, i = [], 0
+    while i < len(program):
+        op = program[i]
+        if not 0 <= op < len(NAMES):
+            raise ValueError(f"{OP}: unknown opcode {op} at position {i} (expected 0..{len(NAMES) - 1})")
+        args = list(program[i + 1 : i + 1 + ARG_COUNTS[op]])
+        if len(args) != ARG_COUNTS[op]:
+            raise ValueError(f"{OP}: {NAMES[op]} at position {i} needs {ARG_COUNTS[op]} arguments, got {len(args)}")
+        for k in TENSOR_ARGS[op]:
+            optional = k == 1 and op in (CONV, DW, LINEAR)  # biases
+            if not (-1 if optional else 0) <= args[k] < num_tensors:
+                raise ValueError(f"{OP}: {NAMES[op]} at position {i} names tensor {args[k]}, "
+                                 f"but there are {num_tensors} tensors")
+        act = {CONV: 4, DW: 5, ACT: 0, LINEAR: 2}.get(op)
+        if act is not None and not 0 <= args[act] < len(ACTS):
+            raise ValueError(f"{OP}: {NAMES[op]} at position {i} has activation code {args[act]} "
+                             f"(expected 0 none, 1 relu or 2 hswish)")
+        out.append((op, args))
+        i += 1 + ARG_COUNTS[op]
+    if not out or out[-1][0] != LINEAR:
+        raise ValueError(f"{OP}: expected the program to end with a LINEAR instruction")
+    return out
+
+
+def _check(x: torch.Tensor, tensors: list, program: list) -> list:
+    check_rank4(OP, x)
+    if x.device.type != "cpu":
+        raise ValueError(f"{OP}: runs on the CPU only, got x on {x.device}")
+    check_floating(OP, "x", x, (torch.float32, torch.bfloat16))
+    return decode(program, len(tensors))
+
+
+def interpret(x: torch.Tensor, tensors: list, program: list):
+    """Runs the program on x step by step, yielding (value, stride) at every MARK;
+    returns (StopIteration.value) the logits."""
+    mk = torch.ops.mkldnn
+
+    def tensor(i):
+        return None if i < 0 else tensors[i]
+
+    saved = None
+    for op, a in _check(x, tensors, program):
+        if op == SAVE:
+            saved = x
+        elif op == CONV:
+            weight, bias, stride, pad, act, residual = a
+            pads, strides = [pad, pad], [stride, stride]
+            if residual and act == 0:  # conv + residual in one pass
+                x = mk._convolution_pointwise.binary(x, saved, tensors[weight], tensor(bias), pads, strides, [1, 1], 1,
+                                                     "add", None, None, [], None)
+                continue
+            x = mk._convolution_pointwise(x, tensors[weight], tensor(bias), pads, strides, [1, 1], 1,
+                                          ONEDNN_ATTR[act], [], "")
+            if act == 1:
+                x = x.relu_()
+            if residual:  # the seed variant adds after the activation
+                x = x.add_(saved)
+        elif op == DW:
+            weight, bias, stride, pad, dilation, act = a
+            x = torch.ops.mnv3.dw_conv_bn_act(x, tensors[weight], tensor(bias), stride, pad, dilation, ACTS[act])
+        elif op == SE:
+            x = torch.ops.mnv3.squeeze_excite(x, *(tensors[i] for i in a))
+        elif op == AFFINE:
+            x = x * tensors[a[0]][:, None, None] + tensors[a[1]][:, None, None]
+        elif op == ACT:
+            x = _act(x, a[0])
+        elif op == MARK:
+            yield x, a[0]
+        elif op == POOL:
+            x = x.mean(dim=(2, 3))
+        elif op == LINEAR:
+            weight, bias, act, _ = a
+            x = mk._linear_pointwise(x, tensors[weight], tensor(bias), ONEDNN_ATTR[act], [], "")
+            if act == 1:
+                x = x.relu_()
+    return x
+
+
+def _act(x: torch.Tensor, act: int) -> torch.Tensor:
+    if act == 1:
+        return torch.relu(x)
+    if act == 2:
+        return torch.ops.mnv3.hswish(x)
+    return x
+
+
+def run_cpu_program_reference(x: torch.Tensor, tensors: list, program: list) -> torch.Tensor:
+    if x.shape[0] == 0 and x.dim() == 4:  # (oneDNN rejects empty inputs)
+        return _fake(x, tensors, program)
+    stages = interpret(x, tensors, program)
+    while True:
+        try:
+            next(stages)
+        except StopIteration as done:
+            return done.value
+
+
+def _fake(x, tensors, program):
+    instructions = _check(x, tensors, program)
+    return x.new_empty(x.shape[0], instructions[-1][1][3])
+
+
+RUN_CPU_PROGRAM = define("run_cpu_program(Tensor x, Tensor[] tensors, int[] program) -> Tensor",
+                         run_cpu_program_reference, _fake)
+if EXTENSION_ERROR is not None:  # the packed weights are oneDNN (MkldnnCPU) tensors, which select that key
+    LIB.impl("run_cpu_program", run_cpu_program_reference, "MkldnnCPU")
+
+
+def run_cpu_program(x: torch.Tensor, tensors: list, program: list) -> torch.Tensor:
+    """Runs an encoded inference forward (see the module docstring) on x: (N, C, H, W)
+    float32 or bfloat16, channels_last for speed.  Returns (N, out_features)."""
+    return torch.ops.mnv3.run_cpu_program(x, tensors, program)

@@ -1,0 +1,119 @@
+"""mnv3::run_cpu_program (a whole CPU forward in one call) against plain PyTorch in float64,
+against its Python interpreter, and on bad programs."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mnv3_fast
+from mnv3_fast.ops import cpu_program as cp
+from mnv3_fast.ops import reference
+
+from conftest import randn
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+pytestmark = needs_onednn
+
+
+def every_instruction(N=2, C=8, H=11, W=9, dtype=torch.float32):
+    """A program that uses every opcode and both residual forms, and its float64 result."""
+    tensors = [
+        randn(C, 3, 3, 3, seed=1, scale=0.3), randn(C, seed=2),            # 0, 1: stem conv (act hswish)
+        randn(C, 1, 5, 5, seed=3, scale=0.3), randn(C, seed=4),            # 2, 3: depthwise (act relu)
+        randn(4, C, seed=5), randn(4, seed=6), randn(C, 4, seed=7), randn(C, seed=8),  # 4-7: SE
+        randn(C, C, 1, 1, seed=9, scale=0.3),                              # 8: 1x1 conv, no bias (+ residual)
+        randn(C, C, 1, 1, seed=10, scale=0.3), randn(C, seed=11),          # 9, 10: 1x1 conv, relu, then + residual
+        randn(C, seed=12), randn(C, seed=13),                              # 11, 12: affine
+        randn(6, C, seed=14), randn(6, seed=15),                           # 13, 14: linear, hswish
+        randn(5, 6, seed=16), randn(5, seed=17),                           # 15, 16: linear, relu
+    ]
+    tensors = [t.to(dtype) for t in tensors]
+    program = [
+        cp.CONV, 0, 1, 2, 1, 2, 0, cp.MARK, 2,
+        cp.SAVE, cp.DW, 2, 3, 1, 2, 1, 1, cp.SE, 4, 5, 6, 7, cp.CONV, 8, -1, 1, 0, 0, 1, cp.MARK, 1,
+        cp.SAVE, cp.CONV, 9, 10, 1, 0, 1, 1, cp.AFFINE, 11, 12, cp.ACT, 2, cp.ACT, 1, cp.ACT, 0, cp.MARK, 1,
+        cp.POOL, cp.LINEAR, 13, 14, 2, 6, cp.LINEAR, 15, 16, 1, 5,
+    ]
+    x = randn(N, 3, H, W, dtype=dtype, memory_format=torch.channels_last, seed=0)
+
+    t = [v.double() for v in tensors]
+    y = F.hardswish(F.conv2d(x.double(), t[0], t[1], 2, 1))
+    saved = y
+    y = F.relu(F.conv2d(y, t[2], t[3], 1, 2, groups=C))
+    y = reference.squeeze_excite(y, t[4], t[5], t[6], t[7])
+    y = F.conv2d(y, t[8]) + saved
+    saved = y
+    y = F.relu(F.conv2d(y, t[9], t[10])) + saved
+    y = F.relu(F.hardswish(y * t[11][:, None, None] + t[12][:, None, None]))
+    y = F.hardswish(F.linear(y.mean(dim=(2, 3)), t[13], t[14]))
+    expected = F.relu(F.linear(y, t[15], t[16]))
+    return x, tensors, program, expected
+
+
+@pytest.mark.parametrize("run", [cp.run_cpu_program, cp.run_cpu_program_reference], ids=["op", "interpreter"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_instruction_matches_float64(run, batch, poison_outputs):
+    x, tensors, program, expected = every_instruction(N=batch)
+    out = run(x, tensors, program)
+    assert out.shape == (batch, 5) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16():
+    x, tensors, program, expected = every_instruction(dtype=torch.bfloat16)
+    out = cp.run_cpu_program(x, tensors, program)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)  # bf16 storage between layers
+
+
+def test_nchw_input_and_stage_marks():
+    x, tensors, program, expected = every_instruction()
+    torch.testing.assert_close(cp.run_cpu_program(x.contiguous(), tensors, program).double(), expected,
+                               rtol=1e-5, atol=1e-5)
+    stages = list(cp.interpret(x, tensors, program))
+    assert [(tuple(v.shape), stride) for v, stride in stages] == [((2, 8, 6, 5), 2), ((2, 8, 6, 5), 1),
+                                                                  ((2, 8, 6, 5), 1)]
+
+
+@pytest.mark.parametrize("mode", ["LARGE", "SMALL"])
+@pytest.mark.parametrize("variant", ["paper", "seed"])
+def test_model_program_op_equals_interpreter(mode, variant):
+    """The model's packed program (oneDNN-blocked weights) gives the same logits in C++ and in Python."""
+    model = mnv3_fast.MobileNetV3(mode, variant=variant).eval()
+    x = randn(2, 3, 64, 64, memory_format=torch.channels_last)
+    with torch.no_grad():
+        model._fold_cache.refresh(model)
+        p = model._cpu_program(x)
+        torch.testing.assert_close(cp.run_cpu_program(x, p.tensors, p.program),
+                                   cp.run_cpu_program_reference(x, p.tensors, p.program), rtol=1e-5, atol=1e-6)
+
+
+def test_empty_batch():
+    x, tensors, program, _ = every_instruction()
+    for run in (cp.run_cpu_program, cp.run_cpu_program_reference):
+        assert run(x[:0], tensors, program).shape == (0, 5)
+
+
+def test_opcheck():
+    x, tensors, program, _ = every_instruction()
+    torch.library.opcheck(torch.ops.mnv3.run_cpu_program.default, (x, tensors, program),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("run", [cp.run_cpu_program, cp.run_cpu_program_reference, cp._fake],
+                         ids=["op", "interpreter", "fake"])
+def test_bad_programs_and_inputs(run):
+    x, tensors, program, _ = every_instruction()
+    bad_programs = {
+        "unknown opcode 42 at position 0": [42] + program,
+        "LINEAR at position 56 needs 4 arguments, got 3": program[:-1],
+        "CONV at position 0 names tensor 99, but there are 17 tensors": [cp.CONV, 99] + program[2:],
+        "DW at position 10 has activation code 7": program[:16] + [7] + program[17:],
+        "expected the program to end with a LINEAR instruction": program + [cp.POOL],
+    }
+    for message, bad in bad_programs.items():
+        with pytest.raises(ValueError, match=message):
+            run(x, tensors, bad)
+    with pytest.raises(ValueError, match="expected x to be a 4-D"):
+        run(x[0], tensors, program)
+    with pytest.raises(TypeError, match="expected x to be float32 or bfloat16 on the CPU, got (torch.float64|Double)"):
+        run(x.double(), tensors, program)
