@@ -71,7 +71,9 @@ def _extension_build():
     arch = _target_arch()
     # at::parallel_for is an inline OpenMP region compiled into our code: without
     # -fopenmp it silently runs on one thread.
-    cxx_flags = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wno-unused-function"] + ARCH_FLAGS[arch]
+    # -g0: Python's default flags ask for debug info, which for the kernels'
+    # many template instances takes about as long to emit as the code itself.
+    cxx_flags = ["-O3", "-g0", "-fopenmp", "-fvisibility=hidden", "-Wno-unused-function"] + ARCH_FLAGS[arch]
 
     class BuildWithInfo(BuildExtension):
         """Records what the extension was built against, so import can refuse a mismatch."""

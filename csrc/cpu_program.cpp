@@ -16,9 +16,9 @@ namespace {
 
 constexpr const char* kOp = "mnv3::run_cpu_program";
 
-enum Opcode : int64_t { kSave, kConv, kDw, kSe, kAffine, kAct, kMark, kPool, kLinear, kNumOpcodes };
-constexpr int64_t kArgCounts[kNumOpcodes] = {0, 6, 6, 4, 2, 1, 1, 0, 4};
-constexpr const char* kNames[kNumOpcodes] = {"SAVE", "CONV", "DW", "SE", "AFFINE", "ACT", "MARK", "POOL", "LINEAR"};
+enum Opcode : int64_t { kSave, kConv, kDw, kSe, kAffine, kAct, kMark, kPool, kLinear, kStem, kNumOpcodes };
+constexpr int64_t kArgCounts[kNumOpcodes] = {0, 6, 6, 4, 2, 1, 1, 0, 4, 5};
+constexpr const char* kNames[kNumOpcodes] = {"SAVE", "CONV", "DW", "SE", "AFFINE", "ACT", "MARK", "POOL", "LINEAR", "STEM"};
 constexpr const char* kActNames[3] = {"none", "relu", "hswish"};
 // oneDNN's ReLU post-op turns NaN into 0, so ReLU runs after the op, in place.
 constexpr const char* kOneDnnAttr[3] = {"none", "none", "hardswish"};
@@ -97,6 +97,7 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
     switch (op) {
       case kConv: check_tensor(0, false), check_tensor(1, true), check_act(4); break;
       case kDw: check_tensor(0, false), check_tensor(1, true), check_act(5); break;
+      case kStem: check_tensor(0, false), check_tensor(1, true), check_act(4); break;
       case kSe: for (int k = 0; k < 4; ++k) check_tensor(k, false); break;
       case kAffine: check_tensor(0, false), check_tensor(1, false); break;
       case kAct: check_act(0); break;
@@ -111,8 +112,10 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
 
   auto optional_tensor = [&](int64_t k) { return k < 0 ? c10::IValue() : c10::IValue(tensors[k]); };
   Tensor x = x_in, saved;
+  bool relu_pending = false;  // a CONV's ReLU left for the next DW to apply as it loads
   for (size_t i = 0; i < program.size(); i += 1 + kArgCounts[program[i]]) {
     const int64_t* a = program.data() + i + 1;
+    const size_t next = i + 1 + kArgCounts[program[i]];
     switch (program[i]) {
       case kSave: saved = x; break;
       case kConv: {  // weight bias stride pad act residual
@@ -121,13 +124,22 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
           break;
         }
         x = conv(x, tensors[a[0]], optional_tensor(a[1]), a[2], a[3], a[4]);
-        if (a[4] == 1) x.relu_();
+        // A ReLU before a depthwise conv is applied by it, on load: one pass less
+        // over the block's largest activation.
+        relu_pending = a[4] == 1 && !a[5] && next < program.size() && program[next] == kDw;
+        if (a[4] == 1 && !relu_pending) x.relu_();
         if (a[5]) x.add_(saved);  // the seed variant adds after the activation
         break;
       }
       case kDw: {  // weight bias stride pad dilation act
         const std::optional<Tensor> bias = a[1] < 0 ? std::nullopt : std::optional<Tensor>(tensors[a[1]]);
-        x = dw_conv_bn_act_cpu(x, tensors[a[0]], bias, a[2], a[3], a[4], kActNames[a[5]]);
+        x = dw_conv_bn_act_cpu_impl(x, tensors[a[0]], bias, a[2], a[3], a[4], kActNames[a[5]], relu_pending);
+        relu_pending = false;
+        break;
+      }
+      case kStem: {  // weight bias stride pad act
+        const std::optional<Tensor> bias = a[1] < 0 ? std::nullopt : std::optional<Tensor>(tensors[a[1]]);
+        x = stem_conv_cpu(x, tensors[a[0]], bias, a[2], a[3], a[4]);
         break;
       }
       case kSe: x = squeeze_excite_cpu(x, tensors[a[0]], tensors[a[1]], tensors[a[2]], tensors[a[3]]); break;

@@ -107,7 +107,9 @@ void dw_nchw(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
 
 // ------------------------------------------------------------------ NHWC
 
-template <int K, int S, Act A, typename scalar_t>
+// InA: an activation applied to each input as it is loaded (ReLU or None),
+// so that a preceding conv's ReLU needs no pass of its own (run_cpu_program).
+template <int K, int S, Act A, Act InA, typename scalar_t>
 void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opmath_type<scalar_t>* bp, Tensor& out,
              const Geometry& g) {  // weights tap-major (K*K, C)
   using IO = VecIO<scalar_t>;
@@ -174,7 +176,8 @@ void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
               MNV3_UNROLL(16)
               for (int i = 0; i < (kBlock - 1) * S + K; ++i) {
                 const bool inside = col0 + i >= 0 && col0 + i < g.W;
-                const Vec xi = !inside ? Vec(acc_t(0)) : (m == V ? IO::load(row_in + i * C) : IO::load(row_in + i * C, m));
+                const Vec xi = !inside ? Vec(acc_t(0))
+                                       : apply_act<InA>(m == V ? IO::load(row_in + i * C) : IO::load(row_in + i * C, m));
                 MNV3_UNROLL(4)
                 for (int j = 0; j < kBlock; ++j) {
                   const int kw = i - j * S;
@@ -186,14 +189,15 @@ void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
               for (int kw = 0; kw < K; ++kw)
                 MNV3_UNROLL(4)
                 for (int j = 0; j < kBlock; ++j)
-                  acc[j] = at::vec::fmadd(IO::load(in + cb[j * K + kw]), wv[kh * K + kw], acc[j]);
+                  acc[j] = at::vec::fmadd(apply_act<InA>(IO::load(in + cb[j * K + kw])), wv[kh * K + kw], acc[j]);
             } else {
               MNV3_UNROLL(5)
               for (int kw = 0; kw < K; ++kw)
                 MNV3_UNROLL(4)
                 for (int j = 0; j < kBlock; ++j) {
                   const int64_t off = cb[j * K + kw];
-                  acc[j] = at::vec::fmadd(IO::load(off >= 0 ? in + off : zeros.data(), m), wv[kh * K + kw], acc[j]);
+                  const Vec xi = IO::load(off >= 0 ? in + off : zeros.data(), m);
+                  acc[j] = at::vec::fmadd(apply_act<InA>(xi), wv[kh * K + kw], acc[j]);
                 }
             }
           }
@@ -213,6 +217,12 @@ void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
 
 Tensor dw_conv_bn_act_cpu(const Tensor& x_in, const Tensor& weight, const std::optional<Tensor>& bias,
                           int64_t stride, int64_t padding, int64_t dilation, c10::string_view act_name) {
+  return dw_conv_bn_act_cpu_impl(x_in, weight, bias, stride, padding, dilation, act_name, false);
+}
+
+Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const std::optional<Tensor>& bias,
+                          int64_t stride, int64_t padding, int64_t dilation, c10::string_view act_name,
+                          bool relu_input) {
   check_rank4(kOp, x_in);
   TORCH_CHECK_VALUE(x_in.device().is_cpu(), kOp, ": expected x on the CPU, got ", x_in.device());
   check_floating(kOp, "x", x_in);
@@ -247,8 +257,12 @@ Tensor dw_conv_bn_act_cpu(const Tensor& x_in, const Tensor& weight, const std::o
   if (!channels_last && g.Wo <= kNarrowPlane && g.C >= 64) {
     const Tensor x_cl = x_in.contiguous(at::MemoryFormat::ChannelsLast);
     if (is_channels_last(x_cl))  // (not for degenerate shapes such as 1x1 planes, which stay NCHW)
-      return dw_conv_bn_act_cpu(x_cl, weight, bias, stride, padding, dilation, act_name).contiguous();
+      return dw_conv_bn_act_cpu_impl(x_cl, weight, bias, stride, padding, dilation, act_name, relu_input).contiguous();
   }
+  // Only the NHWC kernel of a ReLU layer applies an input ReLU on load (the case
+  // of MobileNetV3's ReLU blocks; fewer kernel instances to compile).
+  if (relu_input && (!channels_last || act != Act::ReLU || x_in.scalar_type() == at::kDouble))
+    return dw_conv_bn_act_cpu_impl(at::relu(x_in), weight, bias, stride, padding, dilation, act_name, false);
   const Tensor x = x_in.contiguous(format);  // no copy when already in that layout
   Tensor out = at::empty({g.N, C, g.Ho, g.Wo}, x.options().memory_format(format));
   if (out.numel() == 0) return out;
@@ -272,10 +286,17 @@ Tensor dw_conv_bn_act_cpu(const Tensor& x_in, const Tensor& weight, const std::o
     dispatch_act(act, [&](auto a) {
       constexpr Act A = decltype(a)::value;
       if (channels_last) {
-        if (K == 3 && stride == 1) dw_nhwc<3, 1, A, scalar_t>(x, wp, bp, out, g);
-        else if (K == 3) dw_nhwc<3, 2, A, scalar_t>(x, wp, bp, out, g);
-        else if (stride == 1) dw_nhwc<5, 1, A, scalar_t>(x, wp, bp, out, g);
-        else dw_nhwc<5, 2, A, scalar_t>(x, wp, bp, out, g);
+        auto nhwc = [&](auto in_act) {
+          constexpr Act InA = decltype(in_act)::value;
+          if (K == 3 && stride == 1) dw_nhwc<3, 1, A, InA, scalar_t>(x, wp, bp, out, g);
+          else if (K == 3) dw_nhwc<3, 2, A, InA, scalar_t>(x, wp, bp, out, g);
+          else if (stride == 1) dw_nhwc<5, 1, A, InA, scalar_t>(x, wp, bp, out, g);
+          else dw_nhwc<5, 2, A, InA, scalar_t>(x, wp, bp, out, g);
+        };
+        if constexpr (A == Act::ReLU && !std::is_same_v<scalar_t, double>) {
+          if (relu_input) return nhwc(std::integral_constant<Act, Act::ReLU>{});
+        }
+        nhwc(std::integral_constant<Act, Act::None>{});
       } else {
         if (K == 3 && stride == 1) dw_nchw<3, 1, A, scalar_t>(x, wp, bp, out, g);
         else if (K == 3) dw_nchw<3, 2, A, scalar_t>(x, wp, bp, out, g);

@@ -204,12 +204,13 @@ def _run_last_stage(x: torch.Tensor, last: LastStagePlan) -> torch.Tensor:
 
 # ---------------------------------------------------------------- CPU inference: oneDNN convs
 
-# On the CPU the regular convs (stem, 1x1 expand/project, last stage) run as
-# oneDNN convolutions with weights pre-packed once into oneDNN's blocked layout,
-# the activation and the residual add fused in as post-ops (the same ATen ops
+# On the CPU the 1x1 convs (expand, project, last stage) run as oneDNN
+# convolutions with weights pre-packed once into oneDNN's blocked layout, the
+# activation and the residual add fused in as post-ops (the same ATen ops
 # torch.compile's CPU backend uses).  ATen's own conv2d picks a slow fallback
 # for many of MobileNetV3's 1x1 shapes in channels_last, and re-packs the
-# weights on every call.  Everything runs channels_last.
+# weights on every call.  Everything runs channels_last.  The packed plan is
+# encoded as one `mnv3::run_cpu_program` call (mnv3_fast/ops/cpu_program.py).
 
 
 class OneDnnConv(NamedTuple):
@@ -235,7 +236,7 @@ class OneDnnLinear(NamedTuple):
 
 
 class OneDnnPlan(NamedTuple):
-    stem: OneDnnConv
+    stem: ConvStep  # not packed: run_cpu_program computes it directly (3 input channels)
     blocks: tuple
     last: LastStagePlan
     last_conv: OneDnnConv
@@ -268,7 +269,9 @@ def _pack(step: ConvStep, shape: list) -> tuple[OneDnnConv, list]:
 
 def pack_plan(plan: Plan, shape: list) -> OneDnnPlan:
     """The oneDNN plan of a folded plan, for inputs of `shape` (N, 3, H, W)."""
-    stem, shape = _pack(plan.stem, shape)
+    stem = plan.stem
+    k = stem.weight.shape[-1]
+    shape = [shape[0], stem.weight.shape[0]] + [_conv_out(v, k, stem.stride, stem.padding) for v in shape[2:]]
     blocks = []
     for b in plan.blocks:
         expand = None
@@ -343,8 +346,9 @@ def encode_program(plan: OneDnnPlan) -> CpuProgram:
     def linear(lin: OneDnnLinear):
         program.extend([cpu_program.LINEAR, ref(lin.weight), ref(lin.bias), act(lin.act), lin.weight.shape[0]])
 
-    conv(plan.stem)
-    program.extend([cpu_program.MARK, plan.stem.stride[0]])
+    stem = plan.stem
+    program.extend([cpu_program.STEM, ref(stem.weight), ref(stem.bias), stem.stride, stem.padding, act(stem.act),
+                    cpu_program.MARK, stem.stride])
     for b in plan.blocks:
         if b.residual:
             program.append(cpu_program.SAVE)
@@ -538,7 +542,7 @@ class MobileNetV3(ref.MobileNetV3):
     def _stages_fused(self, x: torch.Tensor):
         """Yields (output, stride) after the stem, each block and the last stage (eval)."""
         if self._cacheable() and onednn_usable(x):  # (never while compiling)
-            yield from self._stages_onednn(x.contiguous(memory_format=torch.channels_last))
+            yield from self._stages_onednn(x)  # (the stem reads any layout; its output is channels_last)
             return
         plan = self.fused_plan(x.dtype)
         x = _run_conv(x, plan.stem)
@@ -595,14 +599,13 @@ class MobileNetV3(ref.MobileNetV3):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._use_reference() and not self.training and self._cacheable() and onednn_usable(x):
             ref._check_input(x)
-            return self._forward_onednn(x.contiguous(memory_format=torch.channels_last))
+            return self._forward_onednn(x)  # (the stem reads any layout; its output is channels_last)
         return self.forward_head(self.forward_features(x))
 
     def _forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
         self._fold_cache.refresh(self)
         logits = []
-        # Near-equal chunks (at most two sizes to pack weights for); slices of
-        # an NHWC tensor along N stay contiguous.
+        # Near-equal chunks: at most two sizes to pack weights for.
         for part in x.tensor_split(self._cpu_chunks(x)):
             program = self._cpu_program(part)
             logits.append(_run_cpu_program(part, program.tensors, program.program))

@@ -14,10 +14,10 @@ needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reas
 pytestmark = needs_onednn
 
 
-def every_instruction(N=2, C=8, H=11, W=9, dtype=torch.float32):
-    """A program that uses every opcode and both residual forms, and its float64 result."""
+def every_instruction(N=2, C=8, H=11, W=9, dtype=torch.float32, layout="channels_last"):
+    """A program that uses every opcode and both residual forms, its input and its float64 result."""
     tensors = [
-        randn(C, 3, 3, 3, seed=1, scale=0.3), randn(C, seed=2),            # 0, 1: stem conv (act hswish)
+        randn(C, 3, 3, 3, seed=1, scale=0.3), randn(C, seed=2),            # 0, 1: stem (act hswish)
         randn(C, 1, 5, 5, seed=3, scale=0.3), randn(C, seed=4),            # 2, 3: depthwise (act relu)
         randn(4, C, seed=5), randn(4, seed=6), randn(C, 4, seed=7), randn(C, seed=8),  # 4-7: SE
         randn(C, C, 1, 1, seed=9, scale=0.3),                              # 8: 1x1 conv, no bias (+ residual)
@@ -25,25 +25,37 @@ def every_instruction(N=2, C=8, H=11, W=9, dtype=torch.float32):
         randn(C, seed=12), randn(C, seed=13),                              # 11, 12: affine
         randn(6, C, seed=14), randn(6, seed=15),                           # 13, 14: linear, hswish
         randn(5, 6, seed=16), randn(5, seed=17),                           # 15, 16: linear, relu
+        randn(C, C, 1, 1, seed=18, scale=0.3), randn(C, seed=19),          # 17, 18: 1x1 conv, relu, then a DW
+        randn(C, C, 1, 1, seed=20, scale=0.3), randn(C, seed=21),          # 19, 20: 1x1 conv, relu, then a DW
+        randn(C, 1, 3, 3, seed=22, scale=0.3), randn(C, seed=23),          # 21, 22: depthwise s2 (act hswish)
     ]
     tensors = [t.to(dtype) for t in tensors]
     program = [
-        cp.CONV, 0, 1, 2, 1, 2, 0, cp.MARK, 2,
-        cp.SAVE, cp.DW, 2, 3, 1, 2, 1, 1, cp.SE, 4, 5, 6, 7, cp.CONV, 8, -1, 1, 0, 0, 1, cp.MARK, 1,
+        cp.STEM, 0, 1, 2, 1, 2, cp.MARK, 2,
+        cp.SAVE, cp.CONV, 17, 18, 1, 0, 1, 0,  # (the DW applies this ReLU as it loads, in C++)
+        cp.DW, 2, 3, 1, 2, 1, 1, cp.SE, 4, 5, 6, 7, cp.CONV, 8, -1, 1, 0, 0, 1, cp.MARK, 1,
         cp.SAVE, cp.CONV, 9, 10, 1, 0, 1, 1, cp.AFFINE, 11, 12, cp.ACT, 2, cp.ACT, 1, cp.ACT, 0, cp.MARK, 1,
+        cp.CONV, 19, 20, 1, 0, 1, 0, cp.DW, 21, 22, 2, 1, 1, 2, cp.MARK, 2,  # (a ReLU the DW can't take)
         cp.POOL, cp.LINEAR, 13, 14, 2, 6, cp.LINEAR, 15, 16, 1, 5,
     ]
-    x = randn(N, 3, H, W, dtype=dtype, memory_format=torch.channels_last, seed=0)
+    if layout == "sliced":  # non-contiguous, with an offset
+        x = randn(N, 3, H + 3, W + 2, dtype=dtype, seed=0)[:, :, 2:-1, 1:-1]
+    else:
+        x = randn(N, 3, H, W, dtype=dtype, seed=0,
+                  memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
     t = [v.double() for v in tensors]
     y = F.hardswish(F.conv2d(x.double(), t[0], t[1], 2, 1))
     saved = y
+    y = F.relu(F.conv2d(y, t[17], t[18]))
     y = F.relu(F.conv2d(y, t[2], t[3], 1, 2, groups=C))
     y = reference.squeeze_excite(y, t[4], t[5], t[6], t[7])
     y = F.conv2d(y, t[8]) + saved
     saved = y
     y = F.relu(F.conv2d(y, t[9], t[10])) + saved
     y = F.relu(F.hardswish(y * t[11][:, None, None] + t[12][:, None, None]))
+    y = F.relu(F.conv2d(y, t[19], t[20]))
+    y = F.hardswish(F.conv2d(y, t[21], t[22], 2, 1, groups=C))
     y = F.hardswish(F.linear(y.mean(dim=(2, 3)), t[13], t[14]))
     expected = F.relu(F.linear(y, t[15], t[16]))
     return x, tensors, program, expected
@@ -65,13 +77,17 @@ def test_bfloat16():
     torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)  # bf16 storage between layers
 
 
-def test_nchw_input_and_stage_marks():
+@pytest.mark.parametrize("layout", ["nchw", "sliced"])
+def test_input_layouts(layout):
+    x, tensors, program, expected = every_instruction(layout=layout)
+    torch.testing.assert_close(cp.run_cpu_program(x, tensors, program).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_stage_marks():
     x, tensors, program, expected = every_instruction()
-    torch.testing.assert_close(cp.run_cpu_program(x.contiguous(), tensors, program).double(), expected,
-                               rtol=1e-5, atol=1e-5)
     stages = list(cp.interpret(x, tensors, program))
     assert [(tuple(v.shape), stride) for v, stride in stages] == [((2, 8, 6, 5), 2), ((2, 8, 6, 5), 1),
-                                                                  ((2, 8, 6, 5), 1)]
+                                                                  ((2, 8, 6, 5), 1), ((2, 8, 3, 3), 2)]
 
 
 @pytest.mark.parametrize("mode", ["LARGE", "SMALL"])
@@ -103,11 +119,18 @@ def test_opcheck():
                          ids=["op", "interpreter", "fake"])
 def test_bad_programs_and_inputs(run):
     x, tensors, program, _ = every_instruction()
+    at = {}  # the position of the first instruction of each opcode
+    position = 0
+    for op, args in cp.decode(program, len(tensors)):
+        at.setdefault(op, position)
+        position += 1 + len(args)
+    last = position - 5
     bad_programs = {
         "unknown opcode 42 at position 0": [42] + program,
-        "LINEAR at position 56 needs 4 arguments, got 3": program[:-1],
-        "CONV at position 0 names tensor 99, but there are 17 tensors": [cp.CONV, 99] + program[2:],
-        "DW at position 10 has activation code 7": program[:16] + [7] + program[17:],
+        f"LINEAR at position {last} needs 4 arguments, got 3": program[:-1],
+        f"STEM at position 0 names tensor 99, but there are {len(tensors)} tensors": [cp.STEM, 99] + program[2:],
+        f"CONV at position {at[cp.CONV]} names tensor -1": program[:at[cp.CONV] + 1] + [-1] + program[at[cp.CONV] + 2:],
+        f"DW at position {at[cp.DW]} has activation code 7": program[:at[cp.DW] + 6] + [7] + program[at[cp.DW] + 7:],
         "expected the program to end with a LINEAR instruction": program + [cp.POOL],
     }
     for message, bad in bad_programs.items():

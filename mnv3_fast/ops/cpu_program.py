@@ -24,22 +24,26 @@ Instructions (opcode, then its arguments; tensor arguments index `tensors`,
     MARK   stride                          a stage ends here (for feature maps)
     POOL                                   global average pool: (N, C, H, W) -> (N, C)
     LINEAR weight bias act out_features    on pooled features; must come last
+    STEM   weight bias stride pad act      a conv over few input channels (the image),
+                                           computed directly; any input layout in,
+                                           channels_last out
 
 Inference only: no autograd (the weights are packed copies).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ._checks import check_floating, check_rank4
 from ._library import EXTENSION_ERROR, LIB, define
 
 OP = "mnv3::run_cpu_program"
 
-SAVE, CONV, DW, SE, AFFINE, ACT, MARK, POOL, LINEAR = range(9)
-NAMES = ("SAVE", "CONV", "DW", "SE", "AFFINE", "ACT", "MARK", "POOL", "LINEAR")
-ARG_COUNTS = (0, 6, 6, 4, 2, 1, 1, 0, 4)
-TENSOR_ARGS = ((), (0, 1), (0, 1), (0, 1, 2, 3), (0, 1), (), (), (), (0, 1))  # which arguments index `tensors`
+SAVE, CONV, DW, SE, AFFINE, ACT, MARK, POOL, LINEAR, STEM = range(10)
+NAMES = ("SAVE", "CONV", "DW", "SE", "AFFINE", "ACT", "MARK", "POOL", "LINEAR", "STEM")
+ARG_COUNTS = (0, 6, 6, 4, 2, 1, 1, 0, 4, 5)
+TENSOR_ARGS = ((), (0, 1), (0, 1), (0, 1, 2, 3), (0, 1), (), (), (), (0, 1), (0, 1))  # which arguments index `tensors`
 ACTS = ("none", "relu", "hswish")
 # oneDNN's ReLU post-op turns NaN into 0 (hiding a bad input); its hard-swish
 # keeps NaN.  So ReLU runs after the conv, in place.
@@ -58,11 +62,11 @@ def decode(program: list, num_tensors: int) -> list:
         if len(args) != ARG_COUNTS[op]:
             raise ValueError(f"{OP}: {NAMES[op]} at position {i} needs {ARG_COUNTS[op]} arguments, got {len(args)}")
         for k in TENSOR_ARGS[op]:
-            optional = k == 1 and op in (CONV, DW, LINEAR)  # biases
+            optional = k == 1 and op in (CONV, DW, LINEAR, STEM)  # biases
             if not (-1 if optional else 0) <= args[k] < num_tensors:
                 raise ValueError(f"{OP}: {NAMES[op]} at position {i} names tensor {args[k]}, "
                                  f"but there are {num_tensors} tensors")
-        act = {CONV: 4, DW: 5, ACT: 0, LINEAR: 2}.get(op)
+        act = {CONV: 4, DW: 5, ACT: 0, LINEAR: 2, STEM: 4}.get(op)
         if act is not None and not 0 <= args[act] < len(ACTS):
             raise ValueError(f"{OP}: {NAMES[op]} at position {i} has activation code {args[act]} "
                              f"(expected 0 none, 1 relu or 2 hswish)")
@@ -106,6 +110,10 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
                 x = x.relu_()
             if residual:  # the seed variant adds after the activation
                 x = x.add_(saved)
+        elif op == STEM:
+            weight, bias, stride, pad, act = a
+            x = F.conv2d(x, tensors[weight], tensor(bias), stride, pad).contiguous(memory_format=torch.channels_last)
+            x = _act(x, act)
         elif op == DW:
             weight, bias, stride, pad, dilation, act = a
             x = torch.ops.mnv3.dw_conv_bn_act(x, tensors[weight], tensor(bias), stride, pad, dilation, ACTS[act])
