@@ -7,6 +7,7 @@
 // mnv3 kernels as C++ functions, the oneDNN convolutions through the
 // dispatcher (boxed, so that this file depends only on their schemas).
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
 
 #include "common.h"
 #include "ops.h"
@@ -19,6 +20,11 @@ constexpr const char* kOp = "mnv3::run_cpu_program";
 enum Opcode : int64_t { kSave, kConv, kDw, kSe, kAffine, kAct, kMark, kPool, kLinear, kStem, kNumOpcodes };
 constexpr int64_t kArgCounts[kNumOpcodes] = {0, 6, 6, 4, 2, 1, 1, 0, 4, 5};
 constexpr const char* kNames[kNumOpcodes] = {"SAVE", "CONV", "DW", "SE", "AFFINE", "ACT", "MARK", "POOL", "LINEAR", "STEM"};
+// What the profiler shows for each instruction (the oneDNN ops also show as themselves).
+constexpr const char* kProfileNames[kNumOpcodes] = {
+    "mnv3::program::SAVE", "mnv3::program::CONV", "mnv3::program::DW",     "mnv3::program::SE",
+    "mnv3::program::AFFINE", "mnv3::program::ACT", "mnv3::program::MARK", "mnv3::program::POOL",
+    "mnv3::program::LINEAR", "mnv3::program::STEM"};
 constexpr const char* kActNames[3] = {"none", "relu", "hswish"};
 // oneDNN's ReLU post-op turns NaN into 0, so ReLU runs after the op, in place.
 constexpr const char* kOneDnnAttr[3] = {"none", "none", "hardswish"};
@@ -116,6 +122,7 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
   for (size_t i = 0; i < program.size(); i += 1 + kArgCounts[program[i]]) {
     const int64_t* a = program.data() + i + 1;
     const size_t next = i + 1 + kArgCounts[program[i]];
+    RECORD_FUNCTION(kProfileNames[program[i]], c10::ArrayRef<const c10::IValue>{});
     switch (program[i]) {
       case kSave: saved = x; break;
       case kConv: {  // weight bias stride pad act residual
