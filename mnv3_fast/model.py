@@ -7,7 +7,9 @@ constructor, parameters, buffers and state_dict keys; only the forward differs.
 * eval(): every BatchNorm is folded into the conv before it; the depthwise conv,
   its BN and activation run as one `mnv3::dw_conv_bn_act`; Squeeze-and-Excite
   runs as one `mnv3::squeeze_excite`.  The folded weights are computed once and
-  cached (see `_FoldCache`).
+  cached (see `_FoldCache`).  On the CPU the folded network is further packed for
+  oneDNN and encoded as one `mnv3::run_cpu_program` call (see below), run on
+  cache-sized chunks of the batch.
 * train(): BN needs batch statistics, so it stays a module; the depthwise conv,
   the activations and SE still run as mnv3 ops, through their autograd.
 * eval() with trainable weights and grad enabled (frozen-BN fine-tuning): the
