@@ -26,7 +26,8 @@ constexpr const char* kProfileNames[kNumOpcodes] = {
     "mnv3::program::AFFINE", "mnv3::program::ACT", "mnv3::program::MARK", "mnv3::program::POOL",
     "mnv3::program::LINEAR", "mnv3::program::STEM"};
 constexpr const char* kActNames[3] = {"none", "relu", "hswish"};
-// oneDNN's ReLU post-op turns NaN into 0, so ReLU runs after the op, in place.
+// oneDNN's ReLU post-op turns NaN into 0, so a conv's ReLU runs after it, in
+// place (or in the depthwise conv that follows, as it loads).
 constexpr const char* kOneDnnAttr[3] = {"none", "none", "hardswish"};
 
 using Stack = std::vector<c10::IValue>;
@@ -62,8 +63,8 @@ Tensor linear(const Tensor& x, const Tensor& w, c10::IValue bias, int64_t act) {
   return pop_result(op, s);
 }
 
-Tensor activate(Tensor x, int64_t act) {
-  if (act == 1) return x.relu_();
+Tensor activate(const Tensor& x, int64_t act) {
+  if (act == 1) return at::relu(x);  // (not in place: x may be the saved residual or the caller's input)
   if (act == 2) return hswish_cpu(x);
   return x;
 }
@@ -84,6 +85,7 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
 
   // Check the whole program before running any of it.
   int64_t last = -1, out_features = 0;
+  bool saved_any = false;
   for (size_t i = 0; i < program.size();) {
     const int64_t op = program[i];
     TORCH_CHECK_VALUE(op >= 0 && op < kNumOpcodes, kOp, ": unknown opcode ", op, " at position ", i, " (expected 0..",
@@ -101,13 +103,24 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
                         a[k], " (expected 0 none, 1 relu or 2 hswish)");
     };
     switch (op) {
-      case kConv: check_tensor(0, false), check_tensor(1, true), check_act(4); break;
+      case kConv:
+        check_tensor(0, false), check_tensor(1, true), check_act(4);
+        TORCH_CHECK_VALUE(!a[5] || saved_any, kOp, ": CONV at position ", i,
+                          " adds a residual, but no SAVE comes before it");
+        break;
+      case kSave: saved_any = true; break;
       case kDw: check_tensor(0, false), check_tensor(1, true), check_act(5); break;
       case kStem: check_tensor(0, false), check_tensor(1, true), check_act(4); break;
       case kSe: for (int k = 0; k < 4; ++k) check_tensor(k, false); break;
       case kAffine: check_tensor(0, false), check_tensor(1, false); break;
       case kAct: check_act(0); break;
-      case kLinear: check_tensor(0, false), check_tensor(1, true), check_act(2), out_features = a[3]; break;
+      case kLinear:
+        check_tensor(0, false), check_tensor(1, true), check_act(2);
+        TORCH_CHECK_VALUE(tensors[a[0]].dim() == 2 && tensors[a[0]].size(0) == a[3], kOp, ": LINEAR at position ", i,
+                          " declares ", a[3], " output features, but its weight has shape ",
+                          shape_str(tensors[a[0]]));
+        out_features = a[3];
+        break;
       default: break;
     }
     last = op;
@@ -151,6 +164,8 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
       }
       case kSe: x = squeeze_excite_cpu(x, tensors[a[0]], tensors[a[1]], tensors[a[2]], tensors[a[3]]); break;
       case kAffine: {
+        TORCH_CHECK_VALUE(x.dim() == 4, kOp, ": AFFINE at position ", i, " needs a 4-D value, got shape ",
+                          shape_str(x));
         const int64_t C = x.size(1);
         x = x * tensors[a[0]].view({1, C, 1, 1}) + tensors[a[1]].view({1, C, 1, 1});
         break;

@@ -100,15 +100,18 @@ Tensor stem_conv_cpu(const Tensor& x, const Tensor& weight, const std::optional<
                     shape_str(weight));
   TORCH_CHECK_VALUE(stride >= 1 && padding >= 0, kOp, ": expected stride >= 1 and padding >= 0, got ", stride, " and ",
                     padding);
+  TORCH_CHECK_VALUE(x.size(2) + 2 * padding >= weight.size(2) && x.size(3) + 2 * padding >= weight.size(3), kOp,
+                    ": input of spatial size ", x.size(2), "x", x.size(3), " is too small for a ", weight.size(2),
+                    "x", weight.size(3), " kernel with padding ", padding);
   StemGeometry g{x.size(0), Ci, x.size(2), x.size(3), weight.size(0), 0, weight.size(2), stride, padding, 0, 0,
                  x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
   g.Ho = (g.H + 2 * padding - g.K) / stride + 1;
   g.Wo = (g.W + 2 * padding - g.K) / stride + 1;
-  TORCH_CHECK_VALUE(g.Ho > 0 && g.Wo > 0, kOp, ": input of spatial size ", g.H, "x", g.W, " is too small for a ", g.K,
-                    "x", g.K, " kernel with padding ", padding);
-  if (bias.has_value())
+  if (bias.has_value()) {
+    check_same(kOp, x, "bias", *bias);
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == g.Co, kOp, ": expected bias of shape (", g.Co, "), got ",
                       shape_str(*bias));
+  }
   Tensor out = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
 

@@ -220,7 +220,7 @@ class OneDnnConv(NamedTuple):
     bias: Optional[torch.Tensor]
     padding: list
     stride: list
-    act: str  # "none", "relu" or "hswish" (applied after the residual, if any)
+    act: str  # "none", "relu" or "hswish" (applied before the residual add, if any)
 
 
 class OneDnnBlock(NamedTuple):
@@ -240,7 +240,7 @@ class OneDnnLinear(NamedTuple):
 class OneDnnPlan(NamedTuple):
     stem: ConvStep  # not packed: run_cpu_program computes it directly (3 input channels)
     blocks: tuple
-    last: LastStagePlan
+    last: LastStagePlan  # for what follows its conv (SE, BN affine, activation); the conv is last_conv
     last_conv: OneDnnConv
     head: OneDnnLinear  # on the pooled features the head's 1x1 convs are matrix products
     classifier: OneDnnLinear
@@ -393,7 +393,8 @@ torch.nn.modules.module.register_module_module_registration_hook(_structure_chan
 class _FoldCache:
     """Folded (and, on the CPU, pre-packed) plans, valid while no parameter or buffer changes.
 
-    Entries are keyed by dtype (and input shape for the packed ones).  The
+    Entries: the folded plan per dtype; on the CPU, the encoded program per
+    (dtype, input shape) and the activation peak per image shape.  The
     validity key is every parameter's and buffer's storage address and version
     counter (and the set of tensors itself): any in-place write (optimizer
     steps, `copy_`, BN running stats), `load_state_dict`, `.to()`, or a
@@ -524,7 +525,8 @@ class MobileNetV3(ref.MobileNetV3):
         return program
 
     def _cpu_chunks(self, x: torch.Tensor) -> int:
-        """In how many chunks to run the batch on the CPU (see `cpu_chunk_bytes`)."""
+        """In how many chunks to run the batch on the CPU (see `cpu_chunk_bytes`); call
+        `_fold_cache.refresh` first."""
         if not self.cpu_chunk_bytes:
             return 1
         entry = ("peak", tuple(x.shape[1:]))

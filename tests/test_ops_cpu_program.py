@@ -5,16 +5,17 @@ import torch
 import torch.nn.functional as F
 
 import mnv3_fast
+from mnv3_fast import ops
 from mnv3_fast.ops import cpu_program as cp
 from mnv3_fast.ops import reference
 
-from conftest import randn
+from conftest import extension_required, randn
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 pytestmark = needs_onednn
 
 
-def every_instruction(N=2, C=8, H=11, W=9, dtype=torch.float32, layout="channels_last"):
+def every_instruction(N=2, C=12, H=11, W=9, dtype=torch.float32, layout="channels_last"):
     """A program that uses every opcode and both residual forms, its input and its float64 result."""
     tensors = [
         randn(C, 3, 3, 3, seed=1, scale=0.3), randn(C, seed=2),            # 0, 1: stem (act hswish)
@@ -70,24 +71,69 @@ def test_every_instruction_matches_float64(run, batch, poison_outputs):
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16():
+@pytest.mark.parametrize("run", [cp.run_cpu_program, cp.run_cpu_program_reference], ids=["op", "interpreter"])
+def test_bfloat16(run):
     x, tensors, program, expected = every_instruction(dtype=torch.bfloat16)
-    out = cp.run_cpu_program(x, tensors, program)
+    out = run(x, tensors, program)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)  # bf16 storage between layers
 
 
+def test_the_op_is_the_cpp_kernel():
+    """Otherwise the op-versus-interpreter comparisons below compare the interpreter with itself."""
+    if extension_required():
+        assert ops.HAS_CPU_KERNELS, ops.EXTENSION_ERROR
+
+
+@pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (3, 2, 1), (5, 2, 1), (3, 1, 2), (5, 1, 2)])
+@pytest.mark.parametrize("residual_act", [1, 2])
+def test_relu_applied_by_the_depthwise_conv(k, stride, dilation, residual_act):
+    """CONV(relu) then DW(relu): the C++ runner applies the ReLU as the DW loads (every kernel path)."""
+    C = 24
+    t = [randn(C, 3, 3, 3, seed=1, scale=0.3), randn(C, seed=2), randn(C, C, 1, 1, seed=3, scale=0.3),
+         randn(C, seed=4), randn(C, 1, k, k, seed=5, scale=0.3), randn(C, seed=6),
+         randn(C, C, 1, 1, seed=7, scale=0.3), randn(C, seed=8), randn(5, C, seed=9), randn(5, seed=10)]
+    pad = dilation * (k // 2)
+    program = [cp.STEM, 0, 1, 2, 1, 2, cp.CONV, 2, 3, 1, 0, 1, 0, cp.DW, 4, 5, stride, pad, dilation, 1,
+               cp.SAVE, cp.CONV, 6, 7, 1, 0, residual_act, 1, cp.POOL, cp.LINEAR, 8, 9, 0, 5]
+    x = randn(2, 3, 30, 27, memory_format=torch.channels_last)
+    d = [v.double() for v in t]
+    y = F.hardswish(F.conv2d(x.double(), d[0], d[1], 2, 1))
+    y = F.relu(F.conv2d(F.relu(F.conv2d(y, d[2], d[3])), d[4], d[5], stride, pad, dilation, groups=C))
+    z = F.conv2d(y, d[6], d[7])
+    y = (F.relu(z) if residual_act == 1 else F.hardswish(z)) + y
+    expected = F.linear(y.mean(dim=(2, 3)), d[8], d[9])
+    torch.testing.assert_close(cp.run_cpu_program(x, t, program).double(), expected, rtol=1e-5, atol=1e-5)
+    x[1, :, 5, 7] = float("nan")  # NaN in, NaN out: the ReLU on load must not turn it into 0
+    out = cp.run_cpu_program(x, t, program)
+    assert not out[0].isnan().any() and out[1].isnan().all()
+
+
+def test_stem_general_shapes():
+    """STEM beyond MobileNetV3's 3x3 stride-2 stem: 4 input channels, 5x5, stride 1, 20 outputs."""
+    w, b, head = randn(20, 4, 5, 5, seed=1, scale=0.2), randn(20, seed=2), randn(3, 20, seed=3)
+    program = [cp.STEM, 0, 1, 1, 2, 1, cp.POOL, cp.LINEAR, 2, -1, 0, 3]
+    for x in (randn(2, 4, 13, 11), randn(2, 4, 15, 13)[:, :, 1:-1, 2:]):
+        expected = F.linear(F.relu(F.conv2d(x.double(), w.double(), b.double(), 1, 2)).mean(dim=(2, 3)), head.double())
+        torch.testing.assert_close(cp.run_cpu_program(x, [w, b, head], program).double(), expected,
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="input of spatial size 2x9 is too small for a 5x5 kernel with padding 1"):
+        cp.run_cpu_program(randn(1, 4, 2, 9), [w, b, head], [cp.STEM, 0, 1, 2, 1, 0, cp.POOL,
+                                                            cp.LINEAR, 2, -1, 0, 3])
+
+
 @pytest.mark.parametrize("layout", ["nchw", "sliced"])
 def test_input_layouts(layout):
-    x, tensors, program, expected = every_instruction(layout=layout)
+    # W=41: the stem's 8-pixel interior steps run too, not only its edge path.
+    x, tensors, program, expected = every_instruction(layout=layout, W=41)
     torch.testing.assert_close(cp.run_cpu_program(x, tensors, program).double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_stage_marks():
     x, tensors, program, expected = every_instruction()
     stages = list(cp.interpret(x, tensors, program))
-    assert [(tuple(v.shape), stride) for v, stride in stages] == [((2, 8, 6, 5), 2), ((2, 8, 6, 5), 1),
-                                                                  ((2, 8, 6, 5), 1), ((2, 8, 3, 3), 2)]
+    assert [(tuple(v.shape), stride) for v, stride in stages] == [((2, 12, 6, 5), 2), ((2, 12, 6, 5), 1),
+                                                                  ((2, 12, 6, 5), 1), ((2, 12, 3, 3), 2)]
 
 
 @pytest.mark.parametrize("mode", ["LARGE", "SMALL"])
@@ -121,8 +167,10 @@ def test_bad_programs_and_inputs(run):
     x, tensors, program, _ = every_instruction()
     at = {}  # the position of the first instruction of each opcode
     position = 0
-    for op, args in cp.decode(program, len(tensors)):
+    for op, args in cp.decode(program, tensors):
         at.setdefault(op, position)
+        if op == cp.CONV and args[5]:
+            at.setdefault("residual", position)
         position += 1 + len(args)
     last = position - 5
     bad_programs = {
@@ -132,6 +180,9 @@ def test_bad_programs_and_inputs(run):
         f"CONV at position {at[cp.CONV]} names tensor -1": program[:at[cp.CONV] + 1] + [-1] + program[at[cp.CONV] + 2:],
         f"DW at position {at[cp.DW]} has activation code 7": program[:at[cp.DW] + 6] + [7] + program[at[cp.DW] + 7:],
         "expected the program to end with a LINEAR instruction": program + [cp.POOL],
+        f"CONV at position {at['residual'] - 1} adds a residual, but no SAVE comes before it":
+            [v for k, v in enumerate(program) if k != at[cp.SAVE]],
+        f"LINEAR at position {last} declares 7 output features, but its weight has shape": program[:-1] + [7],
     }
     for message, bad in bad_programs.items():
         with pytest.raises(ValueError, match=message):

@@ -50,10 +50,12 @@ ACTS = ("none", "relu", "hswish")
 ONEDNN_ATTR = ("none", "none", "hardswish")
 
 
-def decode(program: list, num_tensors: int) -> list:
+def decode(program: list, tensors: list) -> list:
     """[(opcode, args)] of a program, checked: known opcodes, whole instructions,
-    tensor indices in range, known activations, a LINEAR last."""
-    out, i = [], 0
+    tensor indices in range, known activations, a SAVE before each residual, a
+    LINEAR's declared size matching its weight, a LINEAR last."""
+    out, i, saved = [], 0, False
+    num_tensors = len(tensors)
     while i < len(program):
         op = program[i]
         if not 0 <= op < len(NAMES):
@@ -70,6 +72,12 @@ def decode(program: list, num_tensors: int) -> list:
         if act is not None and not 0 <= args[act] < len(ACTS):
             raise ValueError(f"{OP}: {NAMES[op]} at position {i} has activation code {args[act]} "
                              f"(expected 0 none, 1 relu or 2 hswish)")
+        saved = saved or op == SAVE
+        if op == CONV and args[5] and not saved:
+            raise ValueError(f"{OP}: CONV at position {i} adds a residual, but no SAVE comes before it")
+        if op == LINEAR and (tensors[args[0]].dim() != 2 or tensors[args[0]].shape[0] != args[3]):
+            raise ValueError(f"{OP}: LINEAR at position {i} declares {args[3]} output features, "
+                             f"but its weight has shape {list(tensors[args[0]].shape)}")
         out.append((op, args))
         i += 1 + ARG_COUNTS[op]
     if not out or out[-1][0] != LINEAR:
@@ -82,7 +90,7 @@ def _check(x: torch.Tensor, tensors: list, program: list) -> list:
     if x.device.type != "cpu":
         raise ValueError(f"{OP}: runs on the CPU only, got x on {x.device}")
     check_floating(OP, "x", x, (torch.float32, torch.bfloat16))
-    return decode(program, len(tensors))
+    return decode(program, tensors)
 
 
 def interpret(x: torch.Tensor, tensors: list, program: list):
@@ -120,6 +128,8 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
         elif op == SE:
             x = torch.ops.mnv3.squeeze_excite(x, *(tensors[i] for i in a))
         elif op == AFFINE:
+            if x.dim() != 4:
+                raise ValueError(f"{OP}: AFFINE needs a 4-D value, got shape {list(x.shape)}")
             x = x * tensors[a[0]][:, None, None] + tensors[a[1]][:, None, None]
         elif op == ACT:
             x = _act(x, a[0])
