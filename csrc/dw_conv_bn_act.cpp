@@ -276,11 +276,16 @@ Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const s
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* w_src = w.const_data_ptr<scalar_t>();
     std::vector<acc_t> w_acc(C * K * K), b_acc(C, acc_t(0));
-    for (int64_t c = 0; c < C; ++c)
+    if (channels_last) {
       for (int64_t t = 0; t < K * K; ++t)
-        w_acc[channels_last ? t * C + c : c * K * K + t] = static_cast<acc_t>(w_src[c * K * K + t]);
-    if (b.defined())
-      for (int64_t c = 0; c < C; ++c) b_acc[c] = static_cast<acc_t>(b.const_data_ptr<scalar_t>()[c]);
+        for (int64_t c = 0; c < C; ++c) w_acc[t * C + c] = static_cast<acc_t>(w_src[c * K * K + t]);
+    } else {
+      std::transform(w_src, w_src + C * K * K, w_acc.begin(), [](scalar_t v) { return static_cast<acc_t>(v); });
+    }
+    if (b.defined()) {
+      const scalar_t* b_src = b.const_data_ptr<scalar_t>();  // (once: the accessor checks on every call)
+      std::transform(b_src, b_src + C, b_acc.begin(), [](scalar_t v) { return static_cast<acc_t>(v); });
+    }
     const acc_t* wp = w_acc.data();
     const acc_t* bp = b_acc.data();
     dispatch_act(act, [&](auto a) {

@@ -19,15 +19,15 @@ def assert_close_rel(out, expected, rtol=RTOL):
     assert err <= rtol, f"relative error {err:.3g} > {rtol}"
 
 
-def assert_grads_close(fast, ref):
-    """Per-parameter gradients within 1e-4 relative; gradients that are zero in exact arithmetic
+def assert_grads_close(fast, ref, rtol=RTOL):
+    """Per-parameter gradients within rtol relative; gradients that are zero in exact arithmetic
     (a BN shift followed by a train-mode BN) hold only rounding noise, so the floor of the
-    tolerance is 1e-4 of the largest gradient in the model."""
+    tolerance is rtol of the largest gradient in the model."""
     floor = max(p.grad.abs().max() for p in ref.parameters() if p.grad is not None)
     for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters()):
         assert p_fast.grad is not None, name
         err = (p_fast.grad - p_ref.grad).abs().max() / max(p_ref.grad.abs().max(), floor)
-        assert err <= RTOL, f"{name}: gradient relative error {err:.3g}"
+        assert err <= rtol, f"{name}: gradient relative error {err:.3g}"
 
 
 def randomize(model, seed=0):
@@ -162,19 +162,23 @@ class TestCacheInvalidation:
 
 
 @pytest.mark.parametrize("variant", ["paper", "seed"])
-def test_train_mode_outputs_gradients_and_running_stats(variant):
-    ref, fast = pair("SMALL", variant)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_train_mode_outputs_gradients_and_running_stats(variant, dtype):
+    # float64 pins the gradients tightly.  In float32 a rounding difference in the forward now and
+    # then moves a value across a kink of ReLU or hard-swish, which changes its gradient outright
+    # (the likely cause of a rare failure at 1e-4), so there the gradients only get a looser check.
+    ref, fast = (m.to(dtype) for m in pair("SMALL", variant))
     ref.train(), fast.train()
-    x = randn(4, 3, 64, 64)
+    x = randn(4, 3, 64, 64, dtype=dtype)
     torch.manual_seed(0)
     out_ref = ref(x)
     torch.manual_seed(0)  # the same dropout mask
     out_fast = fast(x)
-    assert_close_rel(out_fast, out_ref)
-    grad = randn(*out_ref.shape, seed=5)
+    assert_close_rel(out_fast, out_ref, rtol=1e-10 if dtype == torch.float64 else RTOL)
+    grad = randn(*out_ref.shape, seed=5, dtype=dtype)
     out_ref.backward(grad)
     out_fast.backward(grad)
-    assert_grads_close(fast, ref)
+    assert_grads_close(fast, ref, rtol=1e-7 if dtype == torch.float64 else 1e-3)
     for (name, b_ref), b_fast in zip(ref.named_buffers(), fast.buffers()):
         assert torch.allclose(b_fast.double(), b_ref.double(), rtol=1e-5, atol=1e-6), name
 
