@@ -41,25 +41,27 @@ Tensor pop_result(const c10::OperatorHandle& op, Stack& stack) {
 }
 
 // mkldnn::_convolution_pointwise(X, W, B?, padding, stride, dilation, groups, attr, scalars, algorithm)
-Tensor conv(const Tensor& x, const Tensor& w, c10::IValue bias, int64_t stride, int64_t pad, int64_t act) {
+Tensor conv(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, int64_t stride, int64_t pad,
+            int64_t act) {
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise", "");
-  Stack s{x, w, std::move(bias), ints2(pad), ints2(stride), ints2(1), int64_t(1), std::string(kOneDnnAttr[act]),
+  Stack s{x, w, bias, ints2(pad), ints2(stride), ints2(1), int64_t(1), std::string(kOneDnnAttr[act]),
           no_scalars(), std::string()};
   return pop_result(op, s);
 }
 
 // mkldnn::_convolution_pointwise.binary(X, other, W, B?, padding, stride, dilation, groups, "add", ...): conv + other
-Tensor conv_add(const Tensor& x, const Tensor& other, const Tensor& w, c10::IValue bias, int64_t stride, int64_t pad) {
+Tensor conv_add(const Tensor& x, const Tensor& other, const Tensor& w, const std::optional<Tensor>& bias,
+                int64_t stride, int64_t pad) {
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise", "binary");
-  Stack s{x, other, w, std::move(bias), ints2(pad), ints2(stride), ints2(1), int64_t(1), std::string("add"),
+  Stack s{x, other, w, bias, ints2(pad), ints2(stride), ints2(1), int64_t(1), std::string("add"),
           c10::IValue(), c10::IValue(), no_scalars(), c10::IValue()};
   return pop_result(op, s);
 }
 
 // mkldnn::_linear_pointwise(X, W, B?, attr, scalars, algorithm)
-Tensor linear(const Tensor& x, const Tensor& w, c10::IValue bias, int64_t act) {
+Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, int64_t act) {
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
-  Stack s{x, w, std::move(bias), std::string(kOneDnnAttr[act]), no_scalars(), std::string()};
+  Stack s{x, w, bias, std::string(kOneDnnAttr[act]), no_scalars(), std::string()};
   return pop_result(op, s);
 }
 
@@ -129,7 +131,8 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
   TORCH_CHECK_VALUE(last == kLinear, kOp, ": expected the program to end with a LINEAR instruction");
   if (x_in.size(0) == 0) return at::empty({0, out_features}, x_in.options());  // (oneDNN rejects empty inputs)
 
-  auto optional_tensor = [&](int64_t k) { return k < 0 ? c10::IValue() : c10::IValue(tensors[k]); };
+  // Optional tensor arguments (biases): index -1 is "none".
+  auto optional_tensor = [&](int64_t k) { return k < 0 ? std::nullopt : std::optional<Tensor>(tensors[k]); };
   Tensor x = x_in, saved;
   bool relu_pending = false;  // a CONV's ReLU left for the next DW to apply as it loads
   for (size_t i = 0; i < program.size(); i += 1 + kArgCounts[program[i]]) {
@@ -152,14 +155,13 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
         break;
       }
       case kDw: {  // weight bias stride pad dilation act
-        const std::optional<Tensor> bias = a[1] < 0 ? std::nullopt : std::optional<Tensor>(tensors[a[1]]);
-        x = dw_conv_bn_act_cpu_impl(x, tensors[a[0]], bias, a[2], a[3], a[4], kActNames[a[5]], relu_pending);
+        x = dw_conv_bn_act_cpu_impl(x, tensors[a[0]], optional_tensor(a[1]), a[2], a[3], a[4], kActNames[a[5]],
+                                    relu_pending);
         relu_pending = false;
         break;
       }
       case kStem: {  // weight bias stride pad act
-        const std::optional<Tensor> bias = a[1] < 0 ? std::nullopt : std::optional<Tensor>(tensors[a[1]]);
-        x = stem_conv_cpu(x, tensors[a[0]], bias, a[2], a[3], a[4]);
+        x = stem_conv_cpu(x, tensors[a[0]], optional_tensor(a[1]), a[2], a[3], a[4]);
         break;
       }
       case kSe: x = squeeze_excite_cpu(x, tensors[a[0]], tensors[a[1]], tensors[a[2]], tensors[a[3]]); break;

@@ -18,6 +18,7 @@ constructor, parameters, buffers and state_dict keys; only the forward differs.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -26,6 +27,8 @@ from torch import nn
 
 from . import ops
 from .ops import cpu_program
+from .ops._checks import conv_output_size
+from .ops.activations import activation as _activation
 from .ops.fold_bn import bn_affine
 from .reference import model as ref
 
@@ -95,14 +98,6 @@ def _act_name(module: Optional[nn.Module]) -> str:
     if isinstance(module, (ref.HSwish, nn.Hardswish)):
         return "hswish"
     raise TypeError(f"mnv3_fast: no fused kernel for activation {type(module).__name__}")
-
-
-def _activation(x: torch.Tensor, act: str) -> torch.Tensor:
-    if act == "relu":
-        return torch.relu(x)
-    if act == "hswish":
-        return ops.hswish(x)
-    return x
 
 
 def _conv_step(seq: nn.Sequential, act: Optional[str] = None) -> ConvStep:
@@ -257,64 +252,48 @@ def onednn_usable(x: torch.Tensor) -> bool:
             and x.dim() == 4 and x.numel() > 0)
 
 
-def _conv_out(size: int, k: int, stride: int, padding: int, dilation: int = 1) -> int:
-    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+def _conv_shapes(plan: Plan, shape: list):
+    """Yields (step, input shape, output shape) of every conv in network order (the stem, each
+    block's expand, depthwise and project convs, the last stage's conv), for inputs of `shape`."""
+    def conv(step):
+        nonlocal shape
+        k, dilation = step.weight.shape[-1], getattr(step, "dilation", 1)
+        out = shape[:1] + [step.weight.shape[0]] + [
+            conv_output_size(v, k, step.stride, step.padding, dilation) for v in shape[2:]]
+        yield step, shape, out
+        shape = out
 
-
-def _pack(step: ConvStep, shape: list) -> tuple[OneDnnConv, list]:
-    """Packs a conv for inputs of `shape`; returns it and the output shape."""
-    k, p, s = step.weight.shape[-1], step.padding, step.stride
-    weight = torch.ops.mkldnn._reorder_convolution_weight(step.weight, [p, p], [s, s], [1, 1], 1, list(shape))
-    out = [shape[0], step.weight.shape[0], _conv_out(shape[2], k, s, p), _conv_out(shape[3], k, s, p)]
-    return OneDnnConv(weight, step.bias, [p, p], [s, s], step.act), out
+    yield from conv(plan.stem)
+    for b in plan.blocks:
+        if b.expand is not None:
+            yield from conv(b.expand)
+        yield from conv(b.depthwise)
+        yield from conv(b.project)
+    yield from conv(plan.last.conv)
 
 
 def pack_plan(plan: Plan, shape: list) -> OneDnnPlan:
     """The oneDNN plan of a folded plan, for inputs of `shape` (N, 3, H, W)."""
-    stem = plan.stem
-    k = stem.weight.shape[-1]
-    shape = [shape[0], stem.weight.shape[0]] + [_conv_out(v, k, stem.stride, stem.padding) for v in shape[2:]]
-    blocks = []
-    for b in plan.blocks:
-        expand = None
-        if b.expand is not None:
-            expand, shape = _pack(b.expand, shape)
-        dw = b.depthwise
-        k = dw.weight.shape[-1]
-        h, w = (_conv_out(v, k, dw.stride, dw.padding, dw.dilation) for v in shape[2:])
-        project, shape = _pack(b.project, [shape[0], shape[1], h, w])
-        blocks.append(OneDnnBlock(expand, dw, b.se, project, b.residual))
-    last_conv, _ = _pack(plan.last.conv, shape)
+    input_shape = {id(step): in_shape for step, in_shape, _ in _conv_shapes(plan, list(shape))}
+
+    def pack(step: ConvStep) -> OneDnnConv:
+        p, s = step.padding, step.stride
+        weight = torch.ops.mkldnn._reorder_convolution_weight(step.weight, [p, p], [s, s], [1, 1], 1,
+                                                              input_shape[id(step)])
+        return OneDnnConv(weight, step.bias, [p, p], [s, s], step.act)
 
     def linear(step: ConvStep) -> OneDnnLinear:
         weight = torch.ops.mkldnn._reorder_linear_weight(step.weight.flatten(1), shape[0])
         return OneDnnLinear(weight, step.bias, step.act)
 
-    return OneDnnPlan(stem, tuple(blocks), plan.last, last_conv, linear(plan.head), linear(plan.classifier))
+    blocks = tuple(OneDnnBlock(None if b.expand is None else pack(b.expand), b.depthwise, b.se, pack(b.project),
+                               b.residual) for b in plan.blocks)
+    return OneDnnPlan(plan.stem, blocks, plan.last, pack(plan.last.conv), linear(plan.head), linear(plan.classifier))
 
 
 def activation_peak(plan: Plan, shape: list) -> int:
     """The most elements (per image) any one conv reads plus writes, for inputs of `shape` (C, H, W)."""
-    peak = 0
-
-    def conv(k, stride, padding, dilation, channels_out, shape):
-        nonlocal peak
-        out = [channels_out] + [_conv_out(v, k, stride, padding, dilation) for v in shape[1:]]
-        peak = max(peak, shape[0] * shape[1] * shape[2] + out[0] * out[1] * out[2])
-        return out
-
-    def step(s, shape):
-        return conv(s.weight.shape[-1], s.stride, s.padding, 1, s.weight.shape[0], shape)
-
-    shape = step(plan.stem, shape)
-    for b in plan.blocks:
-        if b.expand is not None:
-            shape = step(b.expand, shape)
-        dw = b.depthwise
-        shape = conv(dw.weight.shape[-1], dw.stride, dw.padding, dw.dilation, shape[0], shape)
-        shape = step(b.project, shape)
-    step(plan.last.conv, shape)
-    return peak
+    return max(math.prod(i[1:]) + math.prod(o[1:]) for _, i, o in _conv_shapes(plan, [1] + list(shape)))
 
 
 class CpuProgram(NamedTuple):
@@ -543,9 +522,13 @@ class MobileNetV3(ref.MobileNetV3):
         # ONNX has no mnv3 ops: export the (numerically equal) reference graph.
         return torch.onnx.is_in_onnx_export()
 
+    def _onednn_path(self, x: torch.Tensor) -> bool:
+        """Whether the eval forward runs as the cached, pre-packed CPU program (never while compiling)."""
+        return self._cacheable() and onednn_usable(x)
+
     def _stages_fused(self, x: torch.Tensor):
         """Yields (output, stride) after the stem, each block and the last stage (eval)."""
-        if self._cacheable() and onednn_usable(x):  # (never while compiling)
+        if self._onednn_path(x):
             yield from self._stages_onednn(x)  # (the stem reads any layout; its output is channels_last)
             return
         plan = self.fused_plan(x.dtype)
@@ -601,7 +584,7 @@ class MobileNetV3(ref.MobileNetV3):
         return F.linear(hidden, classifier.weight.flatten(1), classifier.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._use_reference() and not self.training and self._cacheable() and onednn_usable(x):
+        if not self._use_reference() and not self.training and self._onednn_path(x):
             ref._check_input(x)
             return self._forward_onednn(x)  # (the stem reads any layout; its output is channels_last)
         return self.forward_head(self.forward_features(x))

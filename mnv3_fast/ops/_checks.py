@@ -58,7 +58,7 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def dw_conv_output_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+def conv_output_size(size: int, k: int, stride: int, padding: int, dilation: int = 1) -> int:
     return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
 
@@ -88,8 +88,8 @@ def check_dw_conv_args(x, weight, bias, stride, padding, dilation, act, dtypes=N
             raise ValueError(f"{op}: expected bias of shape ({C}), got {_shape(bias)}")
     check_act(op, act)
     H, W = x.shape[2], x.shape[3]
-    Ho = dw_conv_output_size(H, k, stride, padding, dilation)
-    Wo = dw_conv_output_size(W, k, stride, padding, dilation)
+    Ho = conv_output_size(H, k, stride, padding, dilation)
+    Wo = conv_output_size(W, k, stride, padding, dilation)
     if Ho <= 0 or Wo <= 0:
         raise ValueError(
             f"{op}: input of spatial size {H}x{W} is too small for a {k}x{k} kernel "

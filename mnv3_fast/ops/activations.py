@@ -50,3 +50,12 @@ def hswish(x: torch.Tensor) -> torch.Tensor:
 def hsigmoid(x: torch.Tensor) -> torch.Tensor:
     """Hard sigmoid, relu6(x + 3) / 6, as the fused `mnv3::hsigmoid` op."""
     return torch.ops.mnv3.hsigmoid(x)
+
+
+def activation(x: torch.Tensor, act: str) -> torch.Tensor:
+    """The activation the ops name by `act` ("none", "relu" or "hswish"), as a separate op."""
+    if act == "relu":
+        return torch.relu(x)
+    if act == "hswish":
+        return hswish(x)
+    return x

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_floating, check_rank4
+from .activations import activation
 from ._library import EXTENSION_ERROR, LIB, define
 
 OP = "mnv3::run_cpu_program"
@@ -121,7 +122,7 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
         elif op == STEM:
             weight, bias, stride, pad, act = a
             x = F.conv2d(x, tensors[weight], tensor(bias), stride, pad).contiguous(memory_format=torch.channels_last)
-            x = _act(x, act)
+            x = activation(x, ACTS[act])
         elif op == DW:
             weight, bias, stride, pad, dilation, act = a
             x = torch.ops.mnv3.dw_conv_bn_act(x, tensors[weight], tensor(bias), stride, pad, dilation, ACTS[act])
@@ -132,7 +133,7 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
                 raise ValueError(f"{OP}: AFFINE needs a 4-D value, got shape {list(x.shape)}")
             x = x * tensors[a[0]][:, None, None] + tensors[a[1]][:, None, None]
         elif op == ACT:
-            x = _act(x, a[0])
+            x = activation(x, ACTS[a[0]])
         elif op == MARK:
             yield x, a[0]
         elif op == POOL:
@@ -142,14 +143,6 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
             x = mk._linear_pointwise(x, tensors[weight], tensor(bias), ONEDNN_ATTR[act], [], "")
             if act == 1:
                 x = x.relu_()
-    return x
-
-
-def _act(x: torch.Tensor, act: int) -> torch.Tensor:
-    if act == 1:
-        return torch.relu(x)
-    if act == 2:
-        return torch.ops.mnv3.hswish(x)
     return x
 
 
