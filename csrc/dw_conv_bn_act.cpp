@@ -267,27 +267,22 @@ Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const s
   Tensor out = at::empty({g.N, C, g.Ho, g.Wo}, x.options().memory_format(format));
   if (out.numel() == 0) return out;
 
-  const Tensor w = weight.contiguous(), b = bias.has_value() ? bias->contiguous() : Tensor();
   MNV3_DISPATCH_FLOATING(x.scalar_type(), kOp, [&] {
     // The weights in the accumulation type, laid out for the kernel: per channel
     // (C, K*K) for NCHW, tap-major (K*K, C) for NHWC.  Plain buffers, not
     // tensors: this runs on every call, and at batch 1 tensor ops would cost
     // as much as the convolution.
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* w_src = w.const_data_ptr<scalar_t>();
-    std::vector<acc_t> w_acc(C * K * K), b_acc(C, acc_t(0));
+    std::vector<acc_t> w_store, b_store(bias.has_value() ? 0 : C, acc_t(0));  // (zeros when there is no bias)
+    const acc_t* wp = acc_data<acc_t, scalar_t>(weight, w_store);
     if (channels_last) {
+      std::vector<acc_t> tap_major(C * K * K);
       for (int64_t t = 0; t < K * K; ++t)
-        for (int64_t c = 0; c < C; ++c) w_acc[t * C + c] = static_cast<acc_t>(w_src[c * K * K + t]);
-    } else {
-      std::transform(w_src, w_src + C * K * K, w_acc.begin(), [](scalar_t v) { return static_cast<acc_t>(v); });
+        for (int64_t c = 0; c < C; ++c) tap_major[t * C + c] = wp[c * K * K + t];
+      w_store = std::move(tap_major);
+      wp = w_store.data();
     }
-    if (b.defined()) {
-      const scalar_t* b_src = b.const_data_ptr<scalar_t>();  // (once: the accessor checks on every call)
-      std::transform(b_src, b_src + C, b_acc.begin(), [](scalar_t v) { return static_cast<acc_t>(v); });
-    }
-    const acc_t* wp = w_acc.data();
-    const acc_t* bp = b_acc.data();
+    const acc_t* bp = bias.has_value() ? acc_data<acc_t, scalar_t>(*bias, b_store) : b_store.data();
     dispatch_act(act, [&](auto a) {
       constexpr Act A = decltype(a)::value;
       if (channels_last) {
