@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "program_table.h"
@@ -111,17 +112,19 @@ PyObject* fingerprint(PyObject*, PyObject* arg) {
                        digest.any_grad ? Py_True : Py_False, digest.cacheable ? Py_True : Py_False);
 }
 
-// model_state(model, hyperparameters) -> (hash, any requires grad, cacheable, hooked, training, keep_alive)
+// model_state(model, hyperparameters, mode_sensitive)
+//   -> (hash, any requires grad, cacheable, hooked, training, keep_alive)
 //
 // The C++ twin of mnv3_fast.plan.cache.read_state_python (which documents
 // what is read, and why): one walk over the module tree through the modules'
 // own __dict__s.  `hyperparameters` maps a module class to the names of its
-// attributes that the fold reads.  hooked/training: the first submodule with
-// hooks / in train mode, or None.  keep_alive: every submodule, parameter and
+// attributes that the fold reads; `mode_sensitive` holds the classes whose
+// output depends on train/eval mode.  hooked/training: the first submodule
+// with hooks / the first mode-sensitive one in train mode, or None.  keep_alive: every submodule, parameter and
 // buffer, for the caller to hold, so that the identities hashed stay unique.
 PyObject* model_state(PyObject*, PyObject* args) {
-  PyObject *model, *hyper;
-  if (!PyArg_ParseTuple(args, "OO!", &model, &PyDict_Type, &hyper)) return nullptr;
+  PyObject *model, *hyper, *mode_sensitive;
+  if (!PyArg_ParseTuple(args, "OO!O!", &model, &PyDict_Type, &hyper, &PyDict_Type, &mode_sensitive)) return nullptr;
   // Interned once: PyDict_GetItemString would make a string object on every lookup.
   static PyObject* const kTraining = PyUnicode_InternFromString("training");
   static PyObject* const kParameters = PyUnicode_InternFromString("_parameters");
@@ -191,13 +194,16 @@ PyObject* model_state(PyObject*, PyObject* args) {
           }
         }
       }
-      if (training == Py_None && in_train) training = m;
+      if (training == Py_None && in_train && PyDict_Contains(mode_sensitive, reinterpret_cast<PyObject*>(Py_TYPE(m))) == 1)
+        training = m;
     }
     PyObject* children = PyDict_GetItem(d, kModules);
-    if (children && PyDict_Check(children)) {
+    if (children && PyDict_Check(children)) {  // pushed in reverse: visited in module order
+      const size_t first = stack.size();
       PyObject *key, *value;
       Py_ssize_t pos = 0;
       while (PyDict_Next(children, &pos, &key, &value)) stack.push_back(value);
+      std::reverse(stack.begin() + first, stack.end());
     }
   }
   if (!ok) {
@@ -226,7 +232,8 @@ PyObject* program_table() {
 PyMethodDef methods[] = {
     {"fingerprint", fingerprint, METH_O, "fingerprint(tensors) -> (hash, any_requires_grad, cacheable)"},
     {"model_state", model_state, METH_VARARGS,
-     "model_state(model, hyperparameters) -> (hash, any_requires_grad, cacheable, hooked, training, keep_alive)"},
+     "model_state(model, hyperparameters, mode_sensitive) -> (hash, any_requires_grad, cacheable, hooked, training, "
+     "keep_alive)"},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -53,10 +53,13 @@ def train_block(block: ref.MobileBlock, x: torch.Tensor) -> torch.Tensor:
     if expand is not None:
         y = activation(expand[1](expand[0](y)), act_name(expand[2]))
     conv = dw[0]
-    y = ops.dw_conv_bn_act(y, conv.weight, conv.bias, conv.stride[0], conv.padding[0], conv.dilation[0], "none")
+    # (Under autocast the activations may be in a lower precision than the weights: the ops want one
+    # dtype, so the weights are cast, differentiably, as autocast casts a conv's.)
+    weight, bias = (None if t is None else t.to(y.dtype) for t in (conv.weight, conv.bias))
+    y = ops.dw_conv_bn_act(y, weight, bias, conv.stride[0], conv.padding[0], conv.dilation[0], "none")
     y = activation(dw[1](y), act_name(dw[2] if len(dw) > 2 else None))
     if se is not None:
-        y = ops.squeeze_excite(y, *se_step(se))
+        y = ops.squeeze_excite(y, *step_like(se_step(se), y))
     y = activation(project[1](project[0](y)), act_name(project[2] if len(project) > 2 else None))
     return x + y if block.use_residual else y
 
@@ -97,7 +100,7 @@ class GenericBackend(Backend):
         stage = model.out_conv1
         y = stage[0](x)
         if isinstance(stage[1], ref.SeedSqueezeBlock):
-            y = stage[2](ops.squeeze_excite(y, *se_step(stage[1])))
+            y = stage[2](ops.squeeze_excite(y, *step_like(se_step(stage[1]), y)))
         else:
             y = stage[1](y)
         yield activation(y, act_name(stage[-1])), 1

@@ -11,6 +11,7 @@ import torch
 from . import reference_ops
 from ._checks import check_se_args, output_memory_format
 from ._library import define
+from .activations import hsigmoid_backward
 
 
 def _fake(x, w1, b1, w2, b2):
@@ -35,7 +36,7 @@ def _backward(ctx, grad):
     gate = reference_ops.hsigmoid(gate_pre)
 
     grad_gate = (grad * x).sum(dim=(2, 3))
-    grad_gate_pre = torch.ops.aten.hardsigmoid_backward(grad_gate, gate_pre)
+    grad_gate_pre = hsigmoid_backward(grad_gate, gate_pre)
     grad_w2 = grad_gate_pre.t() @ hidden
     grad_b2 = grad_gate_pre.sum(0)
     grad_hidden_pre = torch.ops.aten.threshold_backward(grad_gate_pre @ W2, hidden_pre, 0)

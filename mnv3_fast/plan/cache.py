@@ -56,6 +56,8 @@ HYPERPARAMETERS = {
     nn.BatchNorm2d: ("eps", "affine", "track_running_stats"),
 }
 _HYPERPARAMETERS_BY_NAME = {kind: tuple(sys.intern(n) for n in names) for kind, names in HYPERPARAMETERS.items()}
+# The module types whose output depends on train/eval mode (an activation left in train mode is harmless).
+MODE_SENSITIVE = {nn.BatchNorm2d: True, nn.Dropout: True}
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks")
@@ -67,7 +69,7 @@ class ModelState(NamedTuple):
     key: Optional[int]  # equal keys: nothing the fold reads changed; None: don't cache (inference tensors)
     requires_grad: bool  # some parameter or buffer requires grad
     hooked: Optional[nn.Module]  # a submodule with forward/backward hooks (or the model: global hooks)
-    training: Optional[nn.Module]  # a submodule in train mode
+    training: Optional[nn.Module]  # a submodule in train mode whose output depends on it (BN, dropout)
     keep_alive: list  # every submodule, parameter and buffer: held with the key, so the ids it hashed stay unique
 
 
@@ -98,9 +100,9 @@ def read_state_python(model: nn.Module) -> ModelState:
         if m is not model:
             if hooked is None and any(d[name] for name in _HOOK_DICTS):
                 hooked = m
-            if training is None and d["training"]:
+            if training is None and d["training"] and kind in MODE_SENSITIVE:
                 training = m
-        stack.extend(d["_modules"].values())
+        stack.extend(reversed(d["_modules"].values()))  # (visited in module order)
     parts, requires_grad = [], False
     for t in tensors:
         if t is not None:
@@ -117,7 +119,8 @@ def read_state(model: nn.Module) -> ModelState:
     if _C is None:
         state = read_state_python(model)
     else:
-        key, requires_grad, cacheable, hooked, training, keep = _C.model_state(model, _HYPERPARAMETERS_BY_NAME)
+        key, requires_grad, cacheable, hooked, training, keep = _C.model_state(model, _HYPERPARAMETERS_BY_NAME,
+                                                                                 MODE_SENSITIVE)
         state = ModelState(key if cacheable else None, requires_grad, hooked, training, keep)
     if state.hooked is None and any(getattr(_module, name) for name in _GLOBAL_HOOKS):
         state = state._replace(hooked=model)

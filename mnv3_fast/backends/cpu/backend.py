@@ -26,6 +26,9 @@ class CpuProgramBackend(Backend):
     name = "cpu_program"
 
     def not_supported_reasons(self, model, call):
+        if call.tracing:  # (first: under tracing the other checks would be traced too)
+            return [f"{call.tracing}: the program's packed weights are not traceable "
+                    "(the generic path folds the weights in the traced graph instead)"]
         reasons = []
         if call.device_type != "cpu":
             reasons.append(f"the input is on {call.device_type}, not the CPU")
@@ -40,9 +43,6 @@ class CpuProgramBackend(Backend):
                            "and the program has no autograd")
         if call.empty:
             reasons.append("the batch is empty (oneDNN cannot pack weights for it)")
-        if call.tracing:
-            reasons.append(f"{call.tracing}: the program's packed weights are not traceable "
-                           "(the generic path folds the weights in the traced graph instead)")
         if reasons:
             return reasons
         return model_reasons(model, call) + layer_reasons(model, call)
