@@ -196,7 +196,11 @@ def load_model(spec: str, *, width_mult: Optional[float] = None, pretrained: boo
     from .model import MobileNetV3
 
     if os.path.isfile(spec):
-        obj = torch.load(spec, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(spec, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a file that is no checkpoint fails anywhere in the unpickler (KeyError, ...)
+            raise ValueError(f"--model {spec}: not a checkpoint torch.load can read with weights_only=True "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
             cls = ref.MobileNetV3 if reference else MobileNetV3
             model = cls(config=config_from_dict(obj["config"]))

@@ -354,7 +354,8 @@ def _train(args, env: DistEnv, amp: Optional[torch.dtype]) -> TrainResult:
     step = 0
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"] and scaler.is_enabled():  # (empty when saved without fp16)
+            scaler.load_state_dict(checkpoint["scaler"])
         step = checkpoint["step"]
         if env.is_main:
             print(f"finetune: resuming from {ckpt_path} at step {step}", flush=True)

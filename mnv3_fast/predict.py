@@ -70,8 +70,12 @@ def collect_images(inputs: list) -> list:
         elif os.path.isfile(item) and is_image_file(item):
             paths.append(item)
         elif os.path.isfile(item):
-            with open(item) as f:
-                paths += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+            try:
+                with open(item, encoding="utf-8") as f:
+                    paths += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+            except UnicodeDecodeError:
+                raise ValueError(f"{item}: neither an image (by its extension) nor a text file listing image "
+                                 "paths, one per line") from None
         else:
             raise FileNotFoundError(f"{item}: no such file or directory (expected a directory, an image "
                                     "or a text file listing images)")
