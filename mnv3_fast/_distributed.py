@@ -160,10 +160,8 @@ MODEL_LIBRARIES = (("mobilenet_v3_", "torchvision"), ("mobilenetv3_", "timm"), (
 def _library_model(name: str, library: str, pretrained: bool, width_mult: Optional[float]) -> nn.Module:
     try:
         if library == "torchvision":
-            import torchvision
-
             kwargs = {} if width_mult is None else {"width_mult": width_mult}
-            return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+            return torchvision_module().models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
         import timm
 
         if width_mult is not None:
@@ -214,8 +212,8 @@ def load_model(spec: str, *, width_mult: Optional[float] = None, pretrained: boo
         library = next((lib for prefix, lib in MODEL_LIBRARIES if spec.startswith(prefix)), None)
         if library is None:
             names = ", ".join(f"{p}* ({lib})" for p, lib in MODEL_LIBRARIES)
-            raise ValueError(f"--model {spec!r}: no such file, and not a model name; expected a checkpoint path "
-                             f"or a name starting with one of: {names} (e.g. mobilenet_v3_large, mobilenetv3_small_100)")
+            raise ValueError(f"--model {spec!r}: no such file, and not a model name; expected a checkpoint path or "
+                             f"a name starting with one of: {names} (e.g. mobilenet_v3_large, mobilenetv3_small_100)")
         model = convert(_library_model(spec, library, pretrained, width_mult))
     if reference:
         ref_model = ref.MobileNetV3(config=model.config)
@@ -283,22 +281,23 @@ def collate_readable(batch):
     return [i for i, _ in ok], images, failed
 
 
-def _transforms():
+def torchvision_module():
+    """torchvision, or an ImportError that says how to get it."""
     try:
-        from torchvision import transforms
+        import torchvision
     except ImportError as exc:
         raise ImportError("mnv3_fast.finetune and mnv3_fast.predict need torchvision (and pillow): "
                           "pip install 'mnv3_fast[dist]'") from exc
-    return transforms
+    return torchvision
 
 
 def eval_transform(size: int):
-    t = _transforms()
+    t = torchvision_module().transforms
     return t.Compose([t.Resize(round(size / RESIZE_RATIO)), t.CenterCrop(size), t.ToTensor(), t.Normalize(MEAN, STD)])
 
 
 def train_transform(size: int):
-    t = _transforms()
+    t = torchvision_module().transforms
     return t.Compose([t.RandomResizedCrop(size), t.RandomHorizontalFlip(), t.ToTensor(), t.Normalize(MEAN, STD)])
 
 

@@ -36,8 +36,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ._distributed import (CHECKPOINT_FORMAT, DistEnv, ImageFiles, collate_readable, config_to_dict, eval_transform,
-                           is_image_file, load_model, open_rgb, positive_int, run, set_dropout, shard, train_transform,
-                           warn_ignored)
+                           is_image_file, load_model, open_rgb, positive_int, run, set_dropout, shard,
+                           torchvision_module, train_transform, warn_ignored)
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", required=True, help="where last.pt and metrics.jsonl go; a rerun resumes from it")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUTPUT_DIR/last.pt exists")
     p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--max-steps", type=int, default=None,
+    p.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after this many steps in all (the schedule still spans --epochs)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="per rank")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
@@ -103,8 +103,6 @@ def lr_at(step: int, args, total_steps: int) -> float:
 
 def _image_folder(root: str, what: str):
     """torchvision's ImageFolder over `root`, with a clear error when there is nothing to train on."""
-    from torchvision.datasets import ImageFolder
-
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{what} split: expected a directory {root}/<class>/<image>, found no {root}")
     ignored = []
@@ -115,8 +113,9 @@ def _image_folder(root: str, what: str):
         ignored.append(path)
         return False
 
+    image_folder = torchvision_module().datasets.ImageFolder
     try:
-        ds = ImageFolder(root, loader=lambda path: path, is_valid_file=keep, allow_empty=True)
+        ds = image_folder(root, loader=lambda path: path, is_valid_file=keep, allow_empty=True)
     except FileNotFoundError as exc:  # no class folders at all
         raise FileNotFoundError(f"{what} split {root}: expected one sub-directory per class holding images; {exc}") \
             from None
