@@ -347,20 +347,18 @@ def _own_config_from_sd(sd: dict, variant: str) -> NetworkConfig:
     num_classes = sd["out_conv2.3.weight"].shape[0]
     base = build_config(mode, num_classes, 1.0, variant=variant)
     # Read every width off the shapes, keeping the table's kernels, strides and activations.
-    expand_key = "conv" if variant == "seed" else "expand_conv"
-    dw_key = "depth_conv" if variant == "seed" else "depthwise_conv"
-    se_key = "squeeze_block.dense.0" if variant == "seed" else "squeeze_excite.reduce"
-    project_key = "point_conv" if variant == "seed" else "project_conv"
+    expand_key, dw_key, se_key, project_key = ref.MobileBlock.PART_NAMES[variant]
+    se_fc1 = (ref.SeedSqueezeBlock if variant == "seed" else ref.SqueezeExcite).FC_NAMES[0]
     blocks = []
     for i, cfg in enumerate(base.blocks):
         dw = sd[f"block.{i}.{dw_key}.0.weight"]
         first = sd.get(f"block.{i}.{expand_key}.0.weight", dw)
-        se = sd.get(f"block.{i}.{se_key}.weight")
+        se = sd.get(f"block.{i}.{se_key}.{se_fc1}.weight")
         blocks.append(replace(cfg, in_channels=first.shape[1] if first is not dw else dw.shape[0],
                               expand_channels=dw.shape[0], kernel_size=dw.shape[-1],
                               out_channels=sd[f"block.{i}.{project_key}.0.weight"].shape[0],
                               se_channels=0 if se is None else se.shape[0]))
-    last_se = sd.get("out_conv1.1.dense.0.weight")
+    last_se = sd.get(f"out_conv1.1.{ref.SeedSqueezeBlock.FC_NAMES[0]}.weight")
     return replace(base, stem_channels=sd["init_conv.0.weight"].shape[0], blocks=tuple(blocks),
                    last_channels=sd["out_conv1.0.weight"].shape[0], head_channels=sd["out_conv2.0.weight"].shape[0],
                    last_se_channels=0 if last_se is None else last_se.shape[0])

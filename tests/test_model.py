@@ -6,7 +6,9 @@ import torch
 
 import mnv3_fast
 from mnv3_fast import reference
-from mnv3_fast.model import activation_peak
+from mnv3_fast import backends
+from mnv3_fast.backends.cpu.program import activation_peak
+from mnv3_fast.plan import build_plan
 
 from conftest import randn
 
@@ -91,9 +93,9 @@ def test_cpu_batch_chunks_give_the_whole_batch_result(images_per_chunk, chunks):
     ref, fast = pair("SMALL")
     x = randn(7, 3, 61, 61)
     with torch.no_grad():
-        peak_bytes = activation_peak(fast.fused_plan(), [3, 61, 61]) * x.element_size()
+        peak_bytes = activation_peak(build_plan(fast), [3, 61, 61]) * x.element_size()
         fast.cpu_chunk_bytes = images_per_chunk * peak_bytes
-        assert fast._cpu_chunks(x) == chunks
+        assert backends.CPU_PROGRAM.chunks(fast, x, backends.make_call(fast, x)) == chunks
         assert_close_rel(fast(x), ref(x))
         assert_close_rel(fast(x[:1]), ref(x[:1]))
 

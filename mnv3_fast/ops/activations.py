@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference_ops
 from ._library import define
 
 
@@ -36,8 +36,8 @@ def _hsigmoid_backward(ctx, grad):
     return torch.ops.aten.hardsigmoid_backward(grad, ctx.saved_tensors[0])
 
 
-HSWISH = define("hswish(Tensor x) -> Tensor", _same_layout(reference.hswish), _fake)
-HSIGMOID = define("hsigmoid(Tensor x) -> Tensor", _same_layout(reference.hsigmoid), _fake)
+HSWISH = define("hswish(Tensor x) -> Tensor", _same_layout(reference_ops.hswish), _fake)
+HSIGMOID = define("hsigmoid(Tensor x) -> Tensor", _same_layout(reference_ops.hsigmoid), _fake)
 torch.library.register_autograd(HSWISH, _hswish_backward, setup_context=_setup_context)
 torch.library.register_autograd(HSIGMOID, _hsigmoid_backward, setup_context=_setup_context)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference_ops
 from ._checks import check_se_args, output_memory_format
 from ._library import define
 
@@ -32,7 +32,7 @@ def _backward(ctx, grad):
     hidden_pre = pooled @ W1.t() + b1
     hidden = torch.relu(hidden_pre)
     gate_pre = hidden @ W2.t() + b2
-    gate = reference.hsigmoid(gate_pre)
+    gate = reference_ops.hsigmoid(gate_pre)
 
     grad_gate = (grad * x).sum(dim=(2, 3))
     grad_gate_pre = torch.ops.aten.hardsigmoid_backward(grad_gate, gate_pre)
@@ -48,7 +48,7 @@ def _backward(ctx, grad):
 
 SQUEEZE_EXCITE = define(
     "squeeze_excite(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor",
-    reference.squeeze_excite,
+    reference_ops.squeeze_excite,
     _fake,
 )
 torch.library.register_autograd(SQUEEZE_EXCITE, _backward, setup_context=_setup_context)

@@ -2,8 +2,10 @@
 import triton
 import triton.language as tl
 
-# Activation codes passed to kernels as constexpr.
-ACT_CODES = {"none": 0, "relu": 1, "hswish": 2}
+from .._checks import ACTIVATIONS
+
+# Activation codes passed to kernels as constexpr: the index of the name (apply_act below follows it).
+ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 
 
 @triton.jit
