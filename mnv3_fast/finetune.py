@@ -101,8 +101,9 @@ def lr_at(step: int, args, total_steps: int) -> float:
 # ------------------------------------------------------------------ data
 
 
-def _image_folder(root: str, what: str):
-    """torchvision's ImageFolder over `root`, with a clear error when there is nothing to train on."""
+def _image_folder(root: str, what: str, warn: bool):
+    """torchvision's ImageFolder over `root`, with a clear error when there is nothing to train on;
+    `warn`: about the files left out (one rank says it for all)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{what} split: expected a directory {root}/<class>/<image>, found no {root}")
     ignored = []
@@ -119,7 +120,8 @@ def _image_folder(root: str, what: str):
     except FileNotFoundError as exc:  # no class folders at all
         raise FileNotFoundError(f"{what} split {root}: expected one sub-directory per class holding images; {exc}") \
             from None
-    warn_ignored(ignored, root)
+    if warn:
+        warn_ignored(ignored, root)
     if not ds.samples:
         raise FileNotFoundError(f"{what} split {root}: no images in its {len(ds.classes)} class folder(s) "
                                 f"{ds.classes[:5]}; expected {root}/<class>/<image>.jpg (or .png, ...)")
@@ -310,8 +312,8 @@ def train(args, env: DistEnv) -> TrainResult:
 
 def _train(args, env: DistEnv, amp: Optional[torch.dtype]) -> TrainResult:
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    train_folder = _image_folder(os.path.join(args.data, "train"), "train")
-    val_folder = _image_folder(os.path.join(args.data, "val"), "val")
+    train_folder = _image_folder(os.path.join(args.data, "train"), "train", env.is_main)
+    val_folder = _image_folder(os.path.join(args.data, "val"), "val", env.is_main)
     if val_folder.classes != train_folder.classes:
         raise ValueError(f"the val split's classes {val_folder.classes[:5]} differ from the train split's "
                          f"{train_folder.classes[:5]}; both need the same class folders")

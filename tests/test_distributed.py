@@ -309,9 +309,12 @@ def test_distributed_non_image_files_are_skipped_with_a_warning(work):
     # Training replaces an unreadable image by the next readable one (every batch keeps its size).
     shutil.copytree(work / "data", work / "data_broken")
     (work / "data_broken" / "train" / "a" / "0.png").write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="0.png: not a readable image"):
+    (work / "data_broken" / "train" / "a" / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning) as caught:
         result = _in_process(finetune, ["data_broken", "--model", "start.pt", *TRAIN, "--output-dir", "broken",
                                         "--max-steps", "5"], work)  # one epoch: every image
+    messages = " ".join(str(w.message) for w in caught)
+    assert "0.png: not a readable image" in messages and "without an image extension" in messages
     assert result.step == 5
 
 
