@@ -22,7 +22,6 @@ broadcasts rank 0's running statistics at every forward.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -190,41 +189,6 @@ def _check_same_network(model, checkpoint: dict, path: str, spec: str) -> None:
                          f"{b} in the model; resume with the same --model, or use another --output-dir")
 
 
-# The mnv3 ops that take weights have no autocast rule: in train mode the model hands them
-# the autocast dtype's activations (from cuDNN / oneDNN convs) with the fp32 weights, and
-# they refuse mixed dtypes.  (The eval forward casts its folded weights itself.)  Until the
-# ops cast under autocast themselves, training registers a rule for the run's duration:
-# weights follow the activations' dtype, as in the eval forward.
-_OPS_WITH_WEIGHTS = ("dw_conv_bn_act", "squeeze_excite")
-
-
-def _weights_follow_input(op, autocast_key):
-    exclude = torch._C.DispatchKeySet(autocast_key)
-
-    def kernel(keyset, x, *args):
-        args = [a.to(x.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-        with torch._C._ExcludeDispatchKeyGuard(exclude):  # (the cast above stays differentiable)
-            return op(x, *args)
-
-    return kernel
-
-
-@contextlib.contextmanager
-def _ops_under_autocast(device_type: str):
-    name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
-    lib = torch.library.Library("mnv3", "IMPL")
-    try:
-        for op_name in _OPS_WITH_WEIGHTS:
-            op = getattr(torch.ops.mnv3, op_name).default
-            if op.has_kernel_for_dispatch_key(getattr(torch._C.DispatchKey, name)):
-                continue  # the ops have their own rule by now
-            lib.impl(op_name, _weights_follow_input(op, getattr(torch._C.DispatchKey, name)), name,
-                     with_keyset=True)
-        yield
-    finally:
-        lib._destroy()
-
-
 def _set_bn_frozen(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -306,11 +270,6 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 def train(args, env: DistEnv) -> TrainResult:
     amp = _amp_dtype(args.amp, env.device)
-    with _ops_under_autocast(env.device.type) if amp is not None else contextlib.nullcontext():
-        return _train(args, env, amp)
-
-
-def _train(args, env: DistEnv, amp: Optional[torch.dtype]) -> TrainResult:
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     train_folder = _image_folder(os.path.join(args.data, "train"), "train", env.is_main)
     val_folder = _image_folder(os.path.join(args.data, "val"), "val", env.is_main)

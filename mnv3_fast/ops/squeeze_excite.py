@@ -44,7 +44,14 @@ def _backward(ctx, grad):
     grad_b1 = grad_hidden_pre.sum(0)
     grad_pooled = grad_hidden_pre @ W1
     grad_x = grad * gate[:, :, None, None] + (grad_pooled / max(H * W, 1))[:, :, None, None]
-    return grad_x, grad_w1.reshape(w1.shape), grad_b1, grad_w2.reshape(w2.shape), grad_b2
+    return grad_x, _like_param(grad_w1, w1), grad_b1, _like_param(grad_w2, w2), grad_b2
+
+
+def _like_param(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`grad` in the parameter's shape and strides (a channels_last model's (C, S, 1, 1) weights are
+    channels_last; DDP warns when a gradient's strides differ from its parameter's)."""
+    grad = grad.reshape(param.shape)
+    return grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
 
 
 SQUEEZE_EXCITE = define(
