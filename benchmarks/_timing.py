@@ -11,7 +11,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -37,19 +37,33 @@ def _calibrate(fn: Callable, device: str, min_sample_s: float) -> int:
 
 
 def time_interleaved(fns: dict[str, Callable], repeats: int = 15, warmup: int = 3, device: str = "cpu",
-                     min_sample_s: float = 0.002, settle_s: float = 0.005) -> dict[str, list[float]]:
+                     min_sample_s: float = 0.002, settle_s: float = 0.005,
+                     prepare: Optional[dict[str, Callable]] = None,
+                     on_round: Optional[Callable[[int], None]] = None) -> dict[str, list[float]]:
     """Seconds per call of each function: `repeats` samples each, taken in turn after warm-up.
 
     Between two engines' samples the machine rests `settle_s`: thread pools
     (OpenMP's, ONNX Runtime's) spin-wait for a while after a call and would
-    otherwise steal cores from the next engine's sample."""
-    for fn in fns.values():
+    otherwise steal cores from the next engine's sample.  `prepare[name]()`
+    runs before each of that function's samples, untimed (torch's thread
+    count, when engines at different counts are interleaved).  `on_round(i)`
+    is called after warm-up (i = 0) and after each round of samples."""
+    prepare = prepare or {}
+    noop = lambda: None  # noqa: E731
+    for name, fn in fns.items():
+        prepare.get(name, noop)()
         for _ in range(warmup):
             fn()
-    calls = {name: _calibrate(fn, device, min_sample_s) for name, fn in fns.items()}
+    calls = {}
+    for name, fn in fns.items():
+        prepare.get(name, noop)()
+        calls[name] = _calibrate(fn, device, min_sample_s)
+    if on_round:
+        on_round(0)
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    for i in range(repeats):
         for name, fn in fns.items():
+            prepare.get(name, noop)()
             _sync(device)
             time.sleep(settle_s)
             start = time.perf_counter()
@@ -57,6 +71,8 @@ def time_interleaved(fns: dict[str, Callable], repeats: int = 15, warmup: int = 
                 fn()
             _sync(device)
             samples[name].append((time.perf_counter() - start) / calls[name])
+        if on_round:
+            on_round(i + 1)
     return samples
 
 
@@ -64,15 +80,109 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def cpu_model() -> str:
+def _cpuinfo() -> dict:
+    """The first processor's fields from /proc/cpuinfo (empty off Linux)."""
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return info
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+#: The ISA features that decide which kernels the engines can use, as /proc/cpuinfo names them.
+ISA_FLAGS = {
+    "AVX2": ("avx2", "fma"),
+    "AVX-512": ("avx512f", "avx512bw", "avx512vl"),
+    "AVX512-VNNI": ("avx512_vnni",),
+    "AVX512-BF16": ("avx512_bf16",),
+    "AMX-BF16": ("amx_bf16",),
+    "AMX-INT8": ("amx_int8",),
+}
+
+
+def cpu_info() -> dict:
+    """The CPU's name, identity and ISA flags (flags None where /proc/cpuinfo is missing)."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    isa = {name: all(f in flags for f in needs) for name, needs in ISA_FLAGS.items()} if flags else None
+    return {
+        "cpu": cpu_model(),
+        "cpu_id": " ".join(f"{k} {info[k]}" for k in ("vendor_id", "cpu family", "model", "stepping") if k in info),
+        "cpu_flags": isa,
+    }
+
+
+def isa_summary(isa: Optional[dict]) -> str:
+    """'AVX2 yes, AVX-512 yes, AVX512-BF16 yes, AMX yes (BF16, INT8)' for the console and the Markdown."""
+    if not isa:
+        return "ISA flags unknown (no /proc/cpuinfo)"
+    yes = lambda k: "yes" if isa.get(k) else "no"  # noqa: E731
+    amx = [k.split("-")[1] for k in ("AMX-BF16", "AMX-INT8") if isa.get(k)]
+    return (f"AVX2 {yes('AVX2')}, AVX-512 {yes('AVX-512')}, AVX512-VNNI {yes('AVX512-VNNI')}, "
+            f"AVX512-BF16 {yes('AVX512-BF16')}, AMX {'yes (' + ', '.join(amx) + ')' if amx else 'no'}")
+
+
+class LoadMonitor:
+    """How much CPU other processes used while we measured: the machine's busy time (/proc/stat)
+    minus this process's own (all its threads), per second of wall time, in cores; and the time
+    the hypervisor gave to other guests (steal).  Linux only; elsewhere it reports None."""
+
+    def __init__(self):
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.start()
+
+    @staticmethod
+    def _stat():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, idle, iowait, irq, softirq, steal = fields
+        return user + nice + system + irq + softirq, steal
+
+    def start(self):
+        self._t0, self._stat0, self._own0 = time.perf_counter(), self._stat(), self._own()
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def stop(self) -> dict:
+        """{'seconds', 'others_cores', 'steal_cores'} since start() (None values off Linux)."""
+        elapsed = time.perf_counter() - self._t0
+        stat = self._stat()
+        out = {"seconds": round(elapsed, 3), "others_cores": None, "steal_cores": None}
+        if stat is None or self._stat0 is None or elapsed <= 0:
+            return out
+        busy = (stat[0] - self._stat0[0]) / self._hz
+        own = self._own() - self._own0
+        out["others_cores"] = round(max(0.0, busy - own) / elapsed, 3)
+        out["steal_cores"] = round((stat[1] - self._stat0[1]) / self._hz / elapsed, 3)
+        return out
+
+
+def machine_load(sample_s: float = 1.0) -> dict:
+    """The load average and, over `sample_s` of sleeping, the CPU that other processes use now."""
+    monitor = LoadMonitor()
+    time.sleep(sample_s)
+    out = monitor.stop()
+    try:
+        out["loadavg"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        out["loadavg"] = None
+    return out
 
 
 def environment(device: str = "cpu") -> dict:
@@ -82,18 +192,29 @@ def environment(device: str = "cpu") -> dict:
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": cpu_model(),
+        **cpu_info(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+    if hasattr(os, "sched_getaffinity"):
+        env["usable_cores"] = len(os.sched_getaffinity(0))  # what a container or taskset leaves us
     try:
         import mnv3_fast
 
         env["mnv3_fast"] = mnv3_fast.__version__
+        env["mnv3_fast_path"] = os.path.dirname(os.path.abspath(mnv3_fast.__file__))
         env["mnv3_cpu_kernels"] = mnv3_fast.ops.HAS_CPU_KERNELS
+        env["mnv3_extension_error"] = mnv3_fast.ops.EXTENSION_ERROR
     except ImportError:
         pass
+    from importlib import metadata
+
+    for package in ("onnxruntime", "openvino", "torchvision", "torchao"):
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     try:
         import triton
 

@@ -30,8 +30,8 @@ def main():
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    models = E.Models(args.arch, "cpu", args.threads)
-    engine = E.build(args.engine, models, torch.float32)
+    models = E.Models(args.arch, "cpu")
+    engine = E.build(args.engine, models, "fp32", args.threads)
     x = torch.randn(args.batch, 3, 224, 224)
     for _ in range(3):
         engine.run(x)

@@ -31,6 +31,34 @@ def _cpu_has(features: set[str]) -> bool:
     return True  # not Linux: trust the build, which targeted the building CPU
 
 
+def _shadowed_build() -> str | None:
+    """Why _C is missing when this package is a source tree that hides an installed build, else None.
+
+    `python -c`, `python -m` and the REPL put the current directory first on sys.path, so running
+    them from a checkout imports the checkout's mnv3_fast (no _C) instead of the installed one."""
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        from importlib import machinery, metadata
+
+        if any(os.path.exists(os.path.join(package_dir, "_C" + s)) for s in machinery.EXTENSION_SUFFIXES):
+            return None  # this tree has a build of its own: whatever failed, it is not shadowing
+
+        for dist in metadata.distributions(name="mnv3_fast"):
+            for file in dist.files or ():
+                name = file.name
+                if file.parent.name == "mnv3_fast" and name.startswith("_C.") and any(
+                        name.endswith(suffix) for suffix in machinery.EXTENSION_SUFFIXES):
+                    installed = os.path.dirname(os.path.abspath(str(dist.locate_file(file))))
+                    if os.path.exists(os.path.join(installed, name)) and installed != package_dir:
+                        return (f"this mnv3_fast is the source tree at {package_dir}, which has no compiled "
+                                f"extension and hides the installed build at {installed} (python -c, -m and the REPL "
+                                "put the current directory first on sys.path); run from another directory, or install the checkout "
+                                "in development mode (pip install -e .) so that it holds the build")
+    except Exception:  # metadata is only a diagnosis here: never fail the import over it
+        return None
+    return None
+
+
 def _load_extension() -> str | None:
     """Imports mnv3_fast._C (registering its CPU kernels); returns why not, or None."""
     if os.environ.get("MNV3_DISABLE_EXTENSION") == "1":
@@ -38,6 +66,9 @@ def _load_extension() -> str | None:
     try:
         info = importlib.import_module("mnv3_fast._build_info")
     except ImportError:
+        shadowed = _shadowed_build()
+        if shadowed is not None:
+            return shadowed
         return "mnv3_fast._C was not built (no compiler during install, or the build failed)"
     # A binary built against another torch can crash on load; refuse it instead.
     if info.TORCH_VERSION != torch.__version__:
@@ -48,7 +79,7 @@ def _load_extension() -> str | None:
     try:
         importlib.import_module("mnv3_fast._C")
     except ImportError as exc:
-        return f"mnv3_fast._C failed to load: {exc}"
+        return _shadowed_build() or f"mnv3_fast._C failed to load: {exc}"
     return None
 
 
@@ -92,9 +123,10 @@ def register_triton_kernels() -> str | None:
 
 EXTENSION_ERROR = _load_extension()
 if EXTENSION_ERROR is not None:
+    _fix = "" if "hides the installed build" in EXTENSION_ERROR else (
+        " Reinstall with a C++ compiler and the torch you run (pip install --no-build-isolation .) to get the fast kernels.")
     warnings.warn(
-        f"mnv3_fast: {EXTENSION_ERROR}; the mnv3 ops run their (slower) PyTorch references on the CPU. "
-        "Reinstall with a C++ compiler and the torch you run (pip install --no-build-isolation .) to get the fast kernels.",
+        f"mnv3_fast: {EXTENSION_ERROR}; the mnv3 ops run their (slower) PyTorch references on the CPU.{_fix}",
         RuntimeWarning,
         stacklevel=2,
     )
