@@ -305,9 +305,9 @@ def plot(results: dict, path: str, args) -> Optional[str]:
     what = env.get("gpu") or (f"{env['cpu']} ({env.get('cpu_id', '').replace('vendor_id ', '')}), "
                               f"{env['cpu_count']} cores, {' '.join(present) or 'no AVX2'}")
     thr = f"threads {'/'.join(map(str, threads))}, each engine at its best" if threads[0] is not None else ""
-    lines = [f"MobileNetV3 inference on {what}",
-             f"{', '.join(dict.fromkeys(c['dtype'] for c in cells))}; {thr}; input {args.size}x{args.size}; "
-             f"median of {args.repeats} samples, error bars min-max; {env['date'][:16].replace('T', ' ')} UTC"]
+    facts = [", ".join(dict.fromkeys(c["dtype"] for c in cells)), thr, f"input {args.size}x{args.size}",
+             f"median of {args.repeats} samples, error bars min-max", env["date"][:16].replace("T", " ") + " UTC"]
+    lines = [f"MobileNetV3 inference on {what}", "; ".join(f for f in facts if f)]
     width = fig.get_figwidth() * 14  # characters that fit at fontsize 10
     text = "\n".join(textwrap.fill(line, int(width)) for line in lines)
     warn = []

@@ -58,7 +58,7 @@ class Engine:
     threads: Optional[int] = None  # CPU threads it runs on (None on CUDA)
     setup_s: float = 0.0  # export / quantization / session time, reported apart from the run time
     notes: list = field(default_factory=list)
-    #: said while the first call runs, when that call takes long (compilation)
+    #: said while the first call runs, when that call takes long (compilation: a minute or more)
     first_call_message: Optional[str] = None
     #: called before each timed sample, outside the timing (torch's thread count)
     prepare: Optional[Callable[[], None]] = None
@@ -226,7 +226,7 @@ def compiled(models, precision, threads, mode=None, name="torch.compile"):
     label = "bf16 autocast" if autocast else precision
     return Engine(name, run, label, threads, prepare=_torch_threads(threads),
                   notes=["channels_last" + (f", mode={mode}" if mode else "")],
-                  first_call_message=f"compiling {name} ({label}), first call: a minute or more")
+                  first_call_message=f"compiling {name} ({label})")
 
 
 def _pt2e_api():
@@ -286,7 +286,7 @@ def pt2e_int8(models, threads, name="torch.compile PT2E"):
                   first_call=first_call,
                   notes=["X86InductorQuantizer default config (per-channel int8 weights, uint8 activations), "
                          "freezing, torchvision's module definition"],
-                  first_call_message=f"compiling {name} (int8), first call: a minute or more")
+                  first_call_message=f"compiling {name} (int8)")
 
 
 def torchvision_model(models):

@@ -228,7 +228,7 @@ def measure_cell(index, arch, dtype, batch, args, models, progress):
     for key in args.engines:
         accuracy = None
         for ti, threads in enumerate(args.threads):
-            what = f"{key}" + (f", {R.thread_label(threads)}" if threads else "")
+            what = E.display_name(key, dtype) + (f", {R.thread_label(threads)}" if threads else "")
             progress.status(f"{label}: building {what}")
             try:
                 engine = E.build(key, models, dtype, threads, "max-autotune" if args.max_autotune else None)
@@ -238,7 +238,9 @@ def measure_cell(index, arch, dtype, batch, args, models, progress):
                 if engine.prepare:
                     engine.prepare()
                 if engine.first_call_message:
-                    progress.status(f"{label}: {engine.first_call_message} ({what}) ...")
+                    progress.status(f"{label}: {engine.first_call_message}"
+                                    + (f", {R.thread_label(threads)}" if threads else "")
+                                    + ": the first call takes a minute or more ...")
                 start = time.perf_counter()
                 (engine.first_call or engine.run)(x)  # the first call: compilation, allocator growth
                 if args.device == "cuda":

@@ -219,3 +219,32 @@ def test_run_py_imports_the_installed_package_not_the_checkout(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "the checkout copy was imported" not in result.stderr
+
+
+def test_reports_without_thread_counts(tmp_path):
+    """On CUDA there are no thread counts (threads [None]): the table, Markdown and chart still render."""
+    import argparse
+
+    rows = []
+    for engine, key, ms in (("eager (NCHW)", "eager", 2.0), ("mnv3_fast (channels_last)", "fast_cl", 1.0),
+                            ("mnv3_fast (channels_last) +cudagraph", "fast_cl", 0.5), ("torchvision", "torchvision", 2.5)):
+        s = [ms / 1e3 * 0.9, ms / 1e3, ms / 1e3 * 1.2]
+        rows.append(dict(_row(engine, key, "fp16", None, ms), cell=0, arch="large", dtype="fp16", batch=1, samples_s=s,
+                         min_s=min(s), max_s=max(s), images_per_s=1e3 / ms, min_ms_per_image=min(s) * 1e3,
+                         max_ms_per_image=max(s) * 1e3, rel_diff=1e-3, top1_agreement=1.0, accuracy_images=16,
+                         first_call_s=0.1, setup_s=0.0, notes=[]))
+    cell = {"index": 0, "arch": "large", "dtype": "fp16", "batch": 1, "size": 224, "repeats": 3, "skipped": [],
+            "load": {"others_cores": 0.0, "steal_cores": 0.0, "seconds": 1.0}, "disturbed": False}
+    cell["standing"] = R.standing(cell, rows)
+    assert cell["standing"]["mnv3_fast"]["engine"] == "mnv3_fast (channels_last) +cudagraph"
+    env = {"cpu": "some CPU", "cpu_id": "", "cpu_flags": None, "cpu_count": 16, "gpu": "Some GPU", "torch": "2.x",
+           "python": "3.x", "date": "2026-01-01T00:00:00+00:00", "command": "run.py --device cuda", "threads": [None],
+           "mode": "full"}
+    results = {"environment": env, "load": {"before": {}, "after": {}, "disturbed": False, "warnings": []},
+               "cells": [cell], "rows": rows}
+    text = R.console_cell(cell, rows, [None], 16)
+    assert "ms/image " in text and "thread" not in text and "=> mnv3_fast (channels_last) +cudagraph (fp16)" in text
+    args = argparse.Namespace(size=224, repeats=3, warmup=1)
+    assert "| engine | precision | ms/image |" in R.markdown(results, args)
+    assert R.plot(results, str(tmp_path / "chart.png"), args) is None
+    assert (tmp_path / "chart.png").stat().st_size > 10_000
