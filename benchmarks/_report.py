@@ -285,11 +285,15 @@ def plot(results: dict, path: str, args) -> Optional[str]:
                     tick.set_color(colors["ours"])
             ax.invert_yaxis()
             top = max(b + h for b, h in zip(ips, hi))
-            ax.set_xlim(0, top * 1.45)  # room for the value labels
+            ax.set_xlim(0, top * 1.75)  # room for the value labels inside the axes
             for y, r, h in zip(ys, best, hi):
                 ax.text(r["images_per_s"] + h + top * 0.02, y,
                         f"{r['images_per_s']:.0f}/s = {fmt_ms(r['ms_per_image'])} ms/image", va="center", fontsize=7.5,
                         fontweight="bold" if r["key"] in FAST_KEYS else "normal")
+            if cell.get("skipped"):  # say which engines are missing, and that the reasons are in the tables
+                names = ", ".join(dict.fromkeys(x["engine"] for x in cell["skipped"]))
+                ax.text(0.99, 0.02, textwrap.fill(f"not run (see results.md): {names}", 60), transform=ax.transAxes,
+                        ha="right", va="bottom", fontsize=7, color="#555555")
             ax.set_xlabel("images per second (higher is better)", fontsize=8)
             ax.tick_params(axis="x", labelsize=8)
             ax.grid(axis="x", alpha=0.3)

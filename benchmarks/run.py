@@ -216,6 +216,10 @@ def cell_steps(args) -> int:
 def measure_cell(index, arch, dtype, batch, args, models, progress):
     """Builds every engine at every thread count for one cell, checks its outputs, times them interleaved."""
     label = f"[{index + 1}/{args.n_cells}] {arch.capitalize()} {dtype} b{batch}"
+    # Dynamo caches compiled graphs on the forward's code object, shared by every copy of the model: without a
+    # reset, a cell's second batch size would get a dynamic-batch recompile (automatic dynamic shapes) instead
+    # of the static graph a user gets, and past the recompile limit (8) torch.compile would silently run eagerly.
+    torch._dynamo.reset()
     g = torch.Generator().manual_seed(batch)
     x = torch.randn(batch, 3, args.size, args.size, generator=g).to(args.device)
     chunks = [torch.randn(batch, 3, args.size, args.size, generator=g).to(args.device)
