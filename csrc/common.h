@@ -27,6 +27,9 @@
 #define MNV3_UNROLL(n)
 #endif
 
+#define MNV3_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
 namespace mnv3 {
 
 using at::Tensor;
@@ -185,20 +188,30 @@ inline T hsum(const at::vec::Vectorized<T>& v) {
 
 // A tensor's values in the accumulation type, without tensor ops (they cost
 // more than the work at batch 1): its own data when it already is contiguous
-// acc_t, else a converted copy kept in `storage`.
-template <typename acc_t, typename scalar_t>
+// acc_t, else a converted copy kept in `storage`.  (The CPU program keeps the
+// depthwise and SE parameters in fp32 for bf16 activations: no conversion.)
+template <typename acc_t>
 const acc_t* acc_data(const Tensor& t, std::vector<acc_t>& storage) {
-  if constexpr (std::is_same_v<acc_t, scalar_t>) {
-    if (t.is_contiguous()) return t.const_data_ptr<acc_t>();
-  }
+  if (t.scalar_type() == c10::CppTypeToScalarType<acc_t>::value && t.is_contiguous()) return t.const_data_ptr<acc_t>();
   const Tensor c = t.contiguous();
-  const scalar_t* p = c.const_data_ptr<scalar_t>();
   storage.resize(c.numel());
-  for (int64_t i = 0; i < c.numel(); ++i) storage[i] = static_cast<acc_t>(p[i]);
+  MNV3_DISPATCH_FLOATING(c.scalar_type(), "acc_data", [&] {
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < c.numel(); ++i) storage[i] = static_cast<acc_t>(p[i]);
+  });
   return storage.data();
 }
 
-#define MNV3_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+// The parameters of an op may be x's dtype, or fp32 when x is bf16 (the CPU
+// program's choice: more precise, and no conversion on every call).
+inline void check_param(const char* op, const Tensor& x, const char* name, const Tensor& t, bool fp32_params) {
+  if (fp32_params && x.scalar_type() == at::kBFloat16 && t.scalar_type() == at::kFloat) {
+    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": expected ", name, " on the same device as x (", x.device(),
+                      "), got ", t.device());
+    return;
+  }
+  check_same(op, x, name, t);
+}
+
 
 }  // namespace mnv3
