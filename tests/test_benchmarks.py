@@ -85,8 +85,10 @@ def test_rows_precisions_and_accuracy(tiny_run):
     if not hasattr(mnv3_fast, "quantize"):
         assert "mnv3_fast.quantize not available" in skipped[("int8", "mnv3_fast (NCHW)")]
         assert "mnv3_fast.quantize not available" in cells["int8"]["standing"]["verdict"]
-    else:
-        assert rows[("int8", "mnv3_fast (NCHW)")]["precision"] == "int8"
+    else:  # random weights quantize poorly (ONNX Runtime's int8 is off by tens of percent too), but not to garbage
+        row = rows[("int8", "mnv3_fast (NCHW)")]
+        assert row["precision"] == "int8" and 0 < row["rel_diff"] < 1, row
+        assert cells["int8"]["standing"]["ratio"] is not None
 
 
 def test_console_table(tiny_run):
