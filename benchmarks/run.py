@@ -224,6 +224,8 @@ def measure_cell(index, arch, dtype, batch, args, models, progress):
     x = torch.randn(batch, 3, args.size, args.size, generator=g).to(args.device)
     chunks = [torch.randn(batch, 3, args.size, args.size, generator=g).to(args.device)
               for _ in range(max(1, math.ceil(ACCURACY_IMAGES / batch)))]
+    if args.threads[0]:  # the reference at the first thread count, as every engine's accuracy check runs
+        torch.set_num_threads(args.threads[0])
     with torch.inference_mode():
         expected = torch.cat([models.reference(c).float() for c in chunks])
     cell = {"index": index, "arch": arch, "dtype": dtype, "batch": batch, "size": args.size, "repeats": args.repeats,
