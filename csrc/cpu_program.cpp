@@ -9,6 +9,10 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/record_function.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "common.h"
 #include "ops.h"
 
@@ -262,13 +266,38 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
   return x;
 }
 
-Tensor run_cpu_program_cpu(const Tensor& x, at::TensorList tensors, at::IntArrayRef program) {
+// Runs the program's parallel regions (ours and oneDNN's) on `threads` OpenMP
+// threads, in this calling thread only (OpenMP's per-thread setting, put back
+// afterwards); 0 keeps the current setting.
+class ThreadsGuard {
+ public:
+  explicit ThreadsGuard(int64_t threads) {
+#ifdef _OPENMP
+    if (threads > 0) {
+      saved_ = omp_get_max_threads();
+      omp_set_num_threads(static_cast<int>(threads));
+    }
+#endif
+  }
+  ~ThreadsGuard() {
+#ifdef _OPENMP
+    if (saved_ > 0) omp_set_num_threads(saved_);
+#endif
+  }
+
+ private:
+  int saved_ = 0;
+};
+
+Tensor run_cpu_program_cpu(const Tensor& x, at::TensorList tensors, at::IntArrayRef program, int64_t threads) {
   check_rank4(kOp, x);
   TORCH_CHECK_VALUE(x.device().is_cpu(), kOp, ": runs on the CPU only, got x on ", x.device());
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, kOp,
                    ": expected x to be float32 or bfloat16 on the CPU, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(threads >= 0, kOp, ": expected threads >= 0 (0: the current setting), got ", threads);
   const int64_t out_features = validate(tensors, program);
   if (x.size(0) == 0) return at::empty({0, out_features}, x.options());  // (oneDNN rejects empty inputs)
+  const ThreadsGuard guard(threads);
   return run(x, tensors, program);
 }
 

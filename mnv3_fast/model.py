@@ -36,6 +36,10 @@ class MobileNetV3(ref.MobileNetV3):
     #: CPU: a batch runs in chunks whose largest layer (input plus output activations) fits in this
     #: many bytes, so that activations stay in the caches; 0 runs the batch whole.
     cpu_chunk_bytes: int = 20 * 2**20
+    #: CPU: each forward runs on all of torch's threads or on one, whichever its recent calls say is
+    #: faster (on a machine where another process takes a core, OpenMP threads stall each other; see
+    #: mnv3_fast/backends/cpu/threads.py).  False: always torch's setting.
+    cpu_adaptive_threads: bool = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -18,6 +18,7 @@ from torch import nn
 
 from .backends.cpu import int8
 from .backends.cpu.program import HAS_ONEDNN
+from .backends.cpu.threads import run_timed
 from .plan import build_plan, cast_plan
 from .reference import model as ref
 
@@ -32,6 +33,7 @@ class QuantizedMobileNetV3(nn.Module):
     batch size.  `percentile`: the observers' clipping (100: min/max)."""
 
     MAX_PROGRAMS = 8  # programs kept, one per batch size (the head's weights are packed for it)
+    cpu_adaptive_threads = True  # as MobileNetV3.cpu_adaptive_threads
 
     def __init__(self, plan, ranges: int8.Ranges, config, percentile: float):
         super().__init__()
@@ -77,7 +79,9 @@ class QuantizedMobileNetV3(nn.Module):
         x = x.float()
         program = self._program(x.shape[0])
         with torch.no_grad():
-            return _run_cpu_program(x, program.tensors, program.program)
+            return run_timed(program.timing,
+                             lambda threads: _run_cpu_program(x, program.tensors, program.program, threads),
+                             self.cpu_adaptive_threads)
 
 
 def quantize(model: nn.Module, calibration_batches: Iterable[torch.Tensor], percentile: float = 99.99

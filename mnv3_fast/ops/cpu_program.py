@@ -268,7 +268,13 @@ def qconv(x, weight, w_scale, w_zp, bias, stride, pad, act, qp, residual=None):
                                        1.0, QATTR[act], [], "")
 
 
-def run_cpu_program_reference(x: torch.Tensor, tensors: list, program: list) -> torch.Tensor:
+def _check_threads(threads: int) -> None:
+    if threads < 0:
+        raise ValueError(f"{OP}: expected threads >= 0 (0: the current setting), got {threads}")
+
+
+def run_cpu_program_reference(x: torch.Tensor, tensors: list, program: list, threads: int = 0) -> torch.Tensor:
+    _check_threads(threads)
     if x.shape[0] == 0 and x.dim() == 4:  # (oneDNN rejects empty inputs)
         return _fake(x, tensors, program)
     stages = interpret(x, tensors, program)
@@ -279,18 +285,20 @@ def run_cpu_program_reference(x: torch.Tensor, tensors: list, program: list) -> 
             return done.value
 
 
-def _fake(x, tensors, program):
+def _fake(x, tensors, program, threads=0):
+    _check_threads(threads)
     instructions = _check(x, tensors, program)
     return x.new_empty(x.shape[0], instructions[-1][1][3])
 
 
-RUN_CPU_PROGRAM = define("run_cpu_program(Tensor x, Tensor[] tensors, int[] program) -> Tensor",
+RUN_CPU_PROGRAM = define("run_cpu_program(Tensor x, Tensor[] tensors, int[] program, int threads=0) -> Tensor",
                          run_cpu_program_reference, _fake)
 if EXTENSION_ERROR is not None:  # the packed weights are oneDNN (MkldnnCPU) tensors, which select that key
     LIB.impl("run_cpu_program", run_cpu_program_reference, "MkldnnCPU")
 
 
-def run_cpu_program(x: torch.Tensor, tensors: list, program: list) -> torch.Tensor:
+def run_cpu_program(x: torch.Tensor, tensors: list, program: list, threads: int = 0) -> torch.Tensor:
     """Runs an encoded inference forward (see the module docstring) on x: (N, C, H, W)
-    float32 or bfloat16, channels_last for speed.  Returns (N, out_features)."""
-    return torch.ops.mnv3.run_cpu_program(x, tensors, program)
+    float32 or bfloat16, channels_last for speed.  Returns (N, out_features).  `threads`: the
+    OpenMP threads its parallel regions use (this call only; 0: torch's setting)."""
+    return torch.ops.mnv3.run_cpu_program(x, tensors, program, threads)

@@ -17,6 +17,7 @@ from ...ops import cpu_program as isa
 from ..base import Backend, dtype_name, folded_plan, layer_reasons, model_reasons
 from ..generic import GenericBackend
 from .program import HAS_ONEDNN, CpuProgram, activation_peak, encode_program, pack_plan
+from .threads import run_timed
 
 _run_cpu_program = torch.ops.mnv3.run_cpu_program.default  # (resolved once: per-call Python cost matters at batch 1)
 DTYPES = (torch.float32, torch.bfloat16)
@@ -69,7 +70,9 @@ class CpuProgramBackend(Backend):
         logits = []
         for part in x.tensor_split(self.chunks(model, x, call)):
             program = self.program(model, part, call)
-            logits.append(_run_cpu_program(part, program.tensors, program.program))
+            logits.append(run_timed(program.timing,
+                                    lambda threads: _run_cpu_program(part, program.tensors, program.program, threads),
+                                    model.cpu_adaptive_threads))
         return logits[0] if len(logits) == 1 else torch.cat(logits)
 
     def stages(self, model, x, call):
