@@ -294,7 +294,7 @@ def torchvision_model(models):
         import torchvision
     except ImportError:
         raise EngineUnavailable("torchvision is not installed")
-    model = getattr(torchvision.models, f"mobilenet_v3_{models.arch}")()
+    model = getattr(torchvision.models, f"mobilenet_v3_{models.arch}")(**getattr(models, "torchvision_kwargs", {}))
     src = list(models.reference.state_dict().values())
     dst = model.state_dict()
     if len(src) != len(dst):
