@@ -35,11 +35,11 @@ def check_floating(op: str, name: str, t: torch.Tensor, dtypes: tuple | None = N
         raise TypeError(f"{op}: expected {name} to be {allowed}{where}, got {t.dtype}")
 
 
-def check_same(op: str, x: torch.Tensor, name: str, t: torch.Tensor) -> None:
+def check_same(op: str, x: torch.Tensor, name: str, t: torch.Tensor, x_name: str = "x") -> None:
     if t.device != x.device:
-        raise ValueError(f"{op}: expected {name} on the same device as x ({x.device}), got {t.device}")
+        raise ValueError(f"{op}: expected {name} on the same device as {x_name} ({x.device}), got {t.device}")
     if t.dtype != x.dtype:
-        raise TypeError(f"{op}: expected {name} to have the same dtype as x ({x.dtype}), got {t.dtype}")
+        raise TypeError(f"{op}: expected {name} to have the same dtype as {x_name} ({x.dtype}), got {t.dtype}")
 
 
 def check_rank4(op: str, x: torch.Tensor) -> None:
@@ -114,7 +114,11 @@ def check_se_args(x, w1, b1, w2, b2, dtypes=None) -> int:
     check_floating(op, "x", x, dtypes)
     for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
         check_same(op, x, name, t)
-    C = x.shape[1]
+    return _check_se_weights(op, w1, b1, w2, b2, x.shape[1])
+
+
+def _check_se_weights(op, w1, b1, w2, b2, C) -> int:
+    """The SE's FC shapes for C channels; returns the squeeze width S."""
     if w1.dim() < 1:
         raise ValueError(f"{op}: expected w1 of shape (S, {C}), got {_shape(w1)}")
     S = w1.shape[0]
@@ -127,9 +131,9 @@ def check_se_args(x, w1, b1, w2, b2, dtypes=None) -> int:
     return S
 
 
-def _check_optional_vector(op, x, name, t, size):
+def _check_optional_vector(op, x, name, t, size, x_name="x"):
     if t is not None:
-        check_same(op, x, name, t)
+        check_same(op, x, name, t, x_name)
         if not (t.dim() == 1 and t.shape[0] == size):
             raise ValueError(f"{op}: expected {name} of shape ({size}), got {_shape(t)}")
 
@@ -203,19 +207,10 @@ def check_se_gate_args(sums, w1, b1, w2, b2, count, dtypes=None) -> int:
         raise TypeError(f"{op}: expected sums to be float32 (or float64), got {sums.dtype}")
     check_floating(op, "w1", w1, dtypes)
     for name, t in (("b1", b1), ("w2", w2), ("b2", b2)):
-        check_same(op, w1, name, t)
+        check_same(op, w1, name, t, "w1")
     if w1.device != sums.device:
         raise ValueError(f"{op}: expected w1 on the same device as sums ({sums.device}), got {w1.device}")
-    C = sums.shape[-1]
-    if w1.dim() < 1:
-        raise ValueError(f"{op}: expected w1 of shape (S, {C}), got {_shape(w1)}")
-    S = w1.shape[0]
-    _check_matrix(op, "w1", w1, S, C)
-    _check_matrix(op, "w2", w2, C, S)
-    if not (b1.dim() == 1 and b1.shape[0] == S):
-        raise ValueError(f"{op}: expected b1 of shape ({S}), got {_shape(b1)}")
-    if not (b2.dim() == 1 and b2.shape[0] == C):
-        raise ValueError(f"{op}: expected b2 of shape ({C}), got {_shape(b2)}")
+    S = _check_se_weights(op, w1, b1, w2, b2, sums.shape[-1])
     if count <= 0:
         raise ValueError(f"{op}: expected count (the pixels summed) > 0, got {count}")
     return S
@@ -228,8 +223,8 @@ def check_head_args(pooled, w1, b1, w2, b2, act, dtypes=None) -> tuple[int, int]
         raise ValueError(f"{op}: expected pooled to be a 2-D (N, C) tensor, got a {pooled.dim()}-D tensor "
                          f"of shape {_shape(pooled)}")
     check_floating(op, "pooled", pooled, dtypes)
-    check_same(op, pooled, "w1", w1)
-    check_same(op, pooled, "w2", w2)
+    check_same(op, pooled, "w1", w1, "pooled")
+    check_same(op, pooled, "w2", w2, "pooled")
     C = pooled.shape[1]
     if w1.dim() < 1 or w2.dim() < 1:
         raise ValueError(f"{op}: expected w1 of shape (hidden, {C}) and w2 of shape (classes, hidden), "
@@ -237,7 +232,7 @@ def check_head_args(pooled, w1, b1, w2, b2, act, dtypes=None) -> tuple[int, int]
     hidden, classes = w1.shape[0], w2.shape[0]
     _check_matrix(op, "w1", w1, hidden, C)
     _check_matrix(op, "w2", w2, classes, hidden)
-    _check_optional_vector(op, pooled, "b1", b1, hidden)
-    _check_optional_vector(op, pooled, "b2", b2, classes)
+    _check_optional_vector(op, pooled, "b1", b1, hidden, "pooled")
+    _check_optional_vector(op, pooled, "b2", b2, classes, "pooled")
     check_act(op, act)
     return hidden, classes

@@ -37,8 +37,8 @@ def _rows(m, HW, W, sn, sh_a, sw_a, ALIGN: tl.constexpr):
 
 
 @triton.jit
-def _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, g_rows, m_ok, n, n_ok, K, sak, swk, swn, sgk,
-               HAS_GATE: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr,
+def _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, g_rows, m_ok, n, n_ok, K, sak, sw_row_a, sgk,
+               W_KN: tl.constexpr, W_ALIGN: tl.constexpr, HAS_GATE: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -49,7 +49,11 @@ def _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, g_rows, m_ok, n, n_ok, K, sak, sw
         if HAS_GATE:
             g = tl.load(gate_ptr + g_rows[:, None] + (k * sgk)[None, :], mask=a_mask, other=0.0)
             a = (a.to(tl.float32) * g.to(tl.float32)).to(a.dtype)
-        b = tl.load(w_ptr + (k * swk)[:, None] + (n * swn)[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if W_KN:  # weights stored (Cin, Cout): rows of B contiguous
+            b_off = (k * (sw_row_a * W_ALIGN))[:, None] + n[None, :]
+        else:  # stored (Cout, Cin), as conv weights are
+            b_off = k[:, None] + (n * (sw_row_a * W_ALIGN))[None, :]
+        b = tl.load(w_ptr + b_off, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = dot(a, b, acc, PRECISION, WIDEN)
     return acc
 
@@ -69,9 +73,10 @@ def _epilogue(acc, b_ptr, res_ptr, r_rows, m_ok, n, n_ok, sb, src, out_ty,
 @triton.jit
 def _pw_kernel(a_ptr, w_ptr, b_ptr, res_ptr, gate_ptr, out_ptr,
                M, K, NO, HW, W,
-               san, sac, sah_a, saw_a, swk, swn, sb, son, soc, soh_a, sow_a, srn, src, srh_a, srw_a, sgn, sgk,
+               san, sac, sah_a, saw_a, sw_row_a, sb, son, soc, soh_a, sow_a, srn, src, srh_a, srw_a, sgn, sgk,
                ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, HAS_GATE: tl.constexpr,
                POOL: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, ALIGN: tl.constexpr,
+               W_KN: tl.constexpr, W_ALIGN: tl.constexpr,
                PRECISION: tl.constexpr, WIDEN: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     out_ty = out_ptr.dtype.element_ty
@@ -87,8 +92,8 @@ def _pw_kernel(a_ptr, w_ptr, b_ptr, res_ptr, gate_ptr, out_ptr,
             m_ok = (m0 + tl.arange(0, BLOCK_M)) < HW
             a_rows, _ = _rows(m, HW, W, san, sah_a, saw_a, ALIGN)
             r_rows, _ = _rows(m, HW, W, srn, srh_a, srw_a, ALIGN)
-            acc = _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, img.to(tl.int64) * sgn, m_ok, n, n_ok, K, sac, swk,
-                             swn, sgk, HAS_GATE, EVEN_K, PRECISION, WIDEN, BLOCK_M, BLOCK_N, BLOCK_K)
+            acc = _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, img.to(tl.int64) * sgn, m_ok, n, n_ok, K, sac,
+                             sw_row_a, sgk, W_KN, W_ALIGN, HAS_GATE, EVEN_K, PRECISION, WIDEN, BLOCK_M, BLOCK_N, BLOCK_K)
             y = _epilogue(acc, b_ptr, res_ptr, r_rows, m_ok, n, n_ok, sb, src, out_ty, ACT, HAS_BIAS, HAS_RES)
             total += tl.sum(tl.where(m_ok[:, None], y.to(tl.float32), 0.0), axis=0)
         tl.store(out_ptr + img.to(tl.int64) * son + n * soc, (total / HW).to(out_ty), mask=n_ok)
@@ -102,8 +107,8 @@ def _pw_kernel(a_ptr, w_ptr, b_ptr, res_ptr, gate_ptr, out_ptr,
         n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = in_bounds(n, NO, EVEN_N, BLOCK_N)
         a_rows, img = _rows(m, HW, W, san, sah_a, saw_a, ALIGN)
-        acc = _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, img.to(tl.int64) * sgn, m_ok, n, n_ok, K, sac, swk, swn,
-                         sgk, HAS_GATE, EVEN_K, PRECISION, WIDEN, BLOCK_M, BLOCK_N, BLOCK_K)
+        acc = _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, img.to(tl.int64) * sgn, m_ok, n, n_ok, K, sac, sw_row_a,
+                         sgk, W_KN, W_ALIGN, HAS_GATE, EVEN_K, PRECISION, WIDEN, BLOCK_M, BLOCK_N, BLOCK_K)
         r_rows, _ = _rows(m, HW, W, srn, srh_a, srw_a, ALIGN)
         y = _epilogue(acc, b_ptr, res_ptr, r_rows, m_ok, n, n_ok, sb, src, out_ty, ACT, HAS_BIAS, HAS_RES)
         o_rows, _ = _rows(m, HW, W, son, soh_a, sow_a, ALIGN)
@@ -137,6 +142,16 @@ def _strides4(t: torch.Tensor, align: int) -> tuple:
     return t.stride(0), t.stride(1), t.stride(2) // align, t.stride(3) // align
 
 
+def _weight_layout(w: torch.Tensor) -> tuple:
+    """(weights, stored (Cin, Cout)?, row stride): one of the two strides must be 1 (else a copy)."""
+    if w.shape[1] == 1 or w.stride(1) == 1:
+        return w, False, w.stride(0)
+    if w.shape[0] == 1 or w.stride(0) == 1:
+        return w, True, w.stride(1)
+    w = w.contiguous()
+    return w, False, w.stride(0)
+
+
 def launch(x, weight2d, bias, out, act: str, residual=None, gate=None, pool: bool = False, kernel=_pw_kernel):
     """Runs the kernel into preallocated `out` ((N, Cout, H, W) map, or (N, Cout) when `pool`).
     `weight2d` is any (Cout, Cin) view (the CUDA backend keeps it as the transpose of a
@@ -147,23 +162,25 @@ def launch(x, weight2d, bias, out, act: str, residual=None, gate=None, pool: boo
     block_m, block_n, block_k, warps = tiles(M, K, NO, HW, x.dtype, pool)
     out4 = out[:, :, None, None] if pool else out
     res = residual if residual is not None else out4
-    strides = [x.stride(2), x.stride(3), res.stride(2), res.stride(3), weight2d.stride(0), weight2d.stride(1)]
-    if not pool:
-        strides += [out.stride(2), out.stride(3)]
-    align = stride_alignment([s for s in strides if s != 1])
+    # Pixel strides in units of ALIGN elements (1 for NCHW, where a pixel stride is 1).
+    align = stride_alignment([x.stride(2), x.stride(3), res.stride(2), res.stride(3)]
+                             + ([] if pool else [out.stride(2), out.stride(3)]))
+    w, w_kn, w_row = _weight_layout(weight2d)
+    w_align = stride_alignment([w_row])
     if pool:
         grid = (triton.cdiv(NO, block_n), N)
     else:
         grid = (triton.cdiv(M, block_m) * triton.cdiv(NO, block_n),)
     kernel[grid](
-        x, weight2d, bias if bias is not None else weight2d, res, gate if gate is not None else weight2d, out,
+        x, w, bias if bias is not None else w, res, gate if gate is not None else w, out,
         M, K, NO, HW, W,
-        *_strides4(x, align), weight2d.stride(1), weight2d.stride(0), bias.stride(0) if bias is not None else 0,
-        *_strides4(out4, align if not pool else 1), *_strides4(res, align),
+        *_strides4(x, align), w_row // w_align, bias.stride(0) if bias is not None else 0,
+        *_strides4(out4, 1 if pool else align), *_strides4(res, align),
         gate.stride(0) if gate is not None else 0, gate.stride(1) if gate is not None else 0,
         ACT=ACT_CODES[act], HAS_BIAS=bias is not None, HAS_RES=residual is not None, HAS_GATE=gate is not None,
-        POOL=pool, EVEN_K=K % block_k == 0, EVEN_N=NO % block_n == 0, ALIGN=align,
-        PRECISION=dot_precision(x.dtype), WIDEN=widen_dot(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        POOL=pool, EVEN_K=K % block_k == 0, EVEN_N=NO % block_n == 0, ALIGN=align, W_KN=w_kn, W_ALIGN=w_align,
+        PRECISION=dot_precision(x.dtype), WIDEN=widen_dot(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=block_k, num_warps=warps,
     )
 
 

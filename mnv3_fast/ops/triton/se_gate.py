@@ -43,6 +43,8 @@ def _se_gate_kernel(sums_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, gate_ptr,
         hidden = dot(pooled * inv_count, w1t.to(tl.float32), hidden, "ieee", False)
     b1 = tl.load(b1_ptr + s * sb1, mask=s_ok, other=0.0).to(tl.float32)
     hidden = tl.maximum(hidden + b1[None, :], 0.0, propagate_nan=tl.PropagateNan.ALL)
+    # Padding columns are 0 * NaN when a sum is NaN: keep them out of the second product.
+    hidden = tl.where(s_ok[None, :], hidden, 0.0)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
