@@ -69,21 +69,16 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-@triton.jit
-def in_bounds(idx, size, EVEN: tl.constexpr, BLOCK: tl.constexpr):
-    """idx < size; a constant all-true mask when size is a multiple of the block, which lets the
-    loads and stores along that dimension vectorize."""
-    if EVEN:
-        ok = tl.full((BLOCK,), 1, tl.int1)
-    else:
-        ok = idx < size
-    return ok
-
-
-def stride_alignment(strides, cap: int = 16) -> int:
-    """The largest power of two (<= cap) dividing every stride: passed as a constexpr and
-    asserted with tl.multiple_of, since Triton itself only detects divisibility by 16."""
+def stride_alignment(strides, cap: int = 8) -> int:
+    """The largest power of two (<= cap) dividing every stride (or size), for kernels that take
+    them in units of it: Triton only detects divisibility by 16 itself.  8 elements are 16
+    bytes in fp16/bf16, the widest vector load; a larger cap would only add compiled variants."""
     align = cap
     while align > 1 and any(s % align for s in strides):
         align //= 2
     return align
+
+
+def effective_strides(t: torch.Tensor) -> tuple:
+    """t's strides, 0 along size-1 dimensions (never stepped along, so they need no alignment)."""
+    return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))

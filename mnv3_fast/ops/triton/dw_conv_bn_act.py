@@ -26,29 +26,39 @@ import triton
 import triton.language as tl
 
 from .._checks import GPU_DTYPES, check_dw_conv_args, output_memory_format
-from ._common import ACT_CODES, apply_act, in_bounds, stride_alignment, traceable
+from ._common import ACT_CODES, apply_act, effective_strides, stride_alignment, traceable
 
 
-@triton.jit
+# Sizes and the strides that scale with them are not specialised on (a compiled variant per
+# divisibility pattern, per layer and batch size); ALIGN carries what the compiler needs instead.
+@triton.jit(do_not_specialize=["C_a", "H", "W", "Ho", "Wo", "sxn_a", "sxh_a", "sxw_a", "son_a", "soh_a", "sow_a",
+                               "swh_a", "sww_a"])
 def _dw_kernel(x_ptr, w_ptr, b_ptr, out_ptr, part_ptr,
-               C, H, W, Ho, Wo, padding,
-               sxn, sxc, sxh_a, sxw_a, son, soc, soh_a, sow_a, swc, swh, sww, sb,
+               C_a, H, W, Ho, Wo, padding,
+               sxn_a, sxc, sxh_a, sxw_a, son_a, soc, soh_a, sow_a, swc, swh_a, sww_a, sb,
                K: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, ACT: tl.constexpr,
                HAS_BIAS: tl.constexpr, WRITE_PARTIALS: tl.constexpr,
-               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr, ALIGN: tl.constexpr):
-    # The pixel strides come in units of ALIGN elements: Triton only learns divisibility by 16
-    # from the arguments, and with widths like 72 or 120 (multiples of 8) the loads along C
-    # would not vectorize without knowing the rows are 16-byte aligned.
+               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
+               W_ALIGN: tl.constexpr):
+    # C and the image and pixel strides come in units of ALIGN elements (the weights' tap strides
+    # in units of W_ALIGN): Triton only learns divisibility by 16 from the arguments, and with
+    # widths like 72 or 120 (multiples of 8) the loads and stores along C would not vectorize
+    # without knowing that rows start aligned and the channel mask is constant over ALIGN.
+    C = C_a * ALIGN
+    sxn = sxn_a * ALIGN
     sxh = sxh_a * ALIGN
     sxw = sxw_a * ALIGN
+    son = son_a * ALIGN
     soh = soh_a * ALIGN
     sow = sow_a * ALIGN
+    swh = swh_a * W_ALIGN
+    sww = sww_a * W_ALIGN
     pid_p = tl.program_id(0)
     n = tl.program_id(2).to(tl.int64)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # flattened (oh, ow)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = p < Ho * Wo
-    c_ok = in_bounds(c, C, EVEN_C, BLOCK_C)
+    c_ok = c < C
     oh = p // Wo
     ow = p % Wo
     x_img = x_ptr + n * sxn  # the only 64-bit offset; within an image int32 suffices
@@ -79,26 +89,29 @@ def _dw_kernel(x_ptr, w_ptr, b_ptr, out_ptr, part_ptr,
         tl.store(part_ptr + (n * tl.num_programs(0) + pid_p) * C + c, partial, mask=c_ok)
 
 
-def block_sizes(channels_last: bool, C: int, pixels: int) -> tuple[int, int, int]:
+def block_sizes(channels_last: bool, C: int, pixels: int, element_size: int = 2) -> tuple[int, int, int]:
     """(BLOCK_P, BLOCK_C, num_warps) of the tile: channels_last tiles along C, NCHW along the pixels.
 
-    2048 outputs for 256 threads (8 a thread, one 16-byte vector in fp16/bf16): with a kernel
-    row of input taps in flight this compiles without spills for sm_80 and sm_90; 16 a thread
-    (4 warps) spilled a few bytes in some 3x3 and 5x5 configurations."""
+    16 bytes of output a thread (8 fp16/bf16 or 4 fp32 values, one vector) at 8 warps: with a
+    kernel row of input taps in flight this compiles without spills for sm_80 and sm_90 (32
+    bytes a thread spilled a few bytes in some 5x5 fp32 configurations, and 16 a thread at 4
+    warps in some fp16 ones)."""
+    elements = 256 * 16 // element_size
     if channels_last:
         # The widest power of two <= 64 that divides C (MobileNet widths are multiples of 8), so
-        # the channel mask can go; other C get a masked 64-wide tile.
+        # no lane is wasted on masked channels; other C get a masked 64-wide tile.
         block_c = next((b for b in (64, 32, 16, 8) if C % b == 0), min(64, triton.next_power_of_2(C)))
-        block_p = min(max(16, 2048 // block_c), triton.next_power_of_2(pixels))
+        block_p = min(max(16, elements // block_c), triton.next_power_of_2(pixels))
     else:
         block_c = min(4, triton.next_power_of_2(C))
-        block_p = min(512, triton.next_power_of_2(pixels))
+        block_p = min(elements // 4, triton.next_power_of_2(pixels))
     return block_p, block_c, 8
 
 
 def tile(out: torch.Tensor) -> tuple[int, int, int]:
     """The tile for an output tensor (channels_last when its channels are the contiguous dimension)."""
-    return block_sizes(out.stride(1) == 1 and out.shape[1] > 1, out.shape[1], out.shape[2] * out.shape[3])
+    return block_sizes(out.stride(1) == 1 and out.shape[1] > 1, out.shape[1], out.shape[2] * out.shape[3],
+                       out.element_size())
 
 
 def new_partials(out: torch.Tensor) -> torch.Tensor:
@@ -115,14 +128,16 @@ def launch(x, weight, bias, out, partials, stride: int, padding: int, dilation: 
     block_p, block_c, warps = tile(out)
     grid = (triton.cdiv(Ho * Wo, block_p), triton.cdiv(C, block_c), N)
     has_bias = bias is not None
-    align = stride_alignment(x.stride()[2:] + out.stride()[2:])
+    xs, os_, ws = effective_strides(x), effective_strides(out), effective_strides(weight)
+    align = stride_alignment([C, xs[0], xs[2], xs[3], os_[0], os_[2], os_[3]])
+    w_align = stride_alignment([ws[2], ws[3]])
     kernel[grid](
         x, weight, bias if has_bias else weight, out, partials if partials is not None else out,
-        C, H, W, Ho, Wo, padding, x.stride(0), x.stride(1), x.stride(2) // align, x.stride(3) // align,
-        out.stride(0), out.stride(1), out.stride(2) // align, out.stride(3) // align, weight.stride(0), weight.stride(2), weight.stride(3), bias.stride(0) if has_bias else 0,
+        C // align, H, W, Ho, Wo, padding, xs[0] // align, xs[1], xs[2] // align, xs[3] // align,
+        os_[0] // align, os_[1], os_[2] // align, os_[3] // align, ws[0], ws[2] // w_align, ws[3] // w_align,
+        bias.stride(0) if has_bias else 0,
         K=weight.shape[-1], STRIDE=stride, DIL=dilation, ACT=ACT_CODES[act], HAS_BIAS=has_bias,
-        WRITE_PARTIALS=partials is not None, BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=C % block_c == 0,
-        ALIGN=align, num_warps=warps,
+        WRITE_PARTIALS=partials is not None, BLOCK_P=block_p, BLOCK_C=block_c, ALIGN=align, W_ALIGN=w_align, num_warps=warps,
     )
 
 

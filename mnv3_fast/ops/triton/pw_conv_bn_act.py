@@ -23,36 +23,36 @@ import triton
 import triton.language as tl
 
 from .._checks import TRITON_DTYPES, check_head_args, check_pw_args, output_memory_format
-from ._common import ACT_CODES, apply_act, dot, dot_precision, in_bounds, stride_alignment, traceable, widen_dot
+from ._common import ACT_CODES, apply_act, dot, dot_precision, effective_strides, stride_alignment, traceable, widen_dot
 
 
 @triton.jit
-def _rows(m, HW, W, sn, sh_a, sw_a, ALIGN: tl.constexpr):
-    """Offsets of rows m = (image, h, w) of a 4-D tensor with the given strides (pixel strides
-    in units of ALIGN elements, so the compiler knows rows are aligned), and the image index."""
+def _rows(m, HW, W, sn_a, sh_a, sw_a, ALIGN: tl.constexpr):
+    """Offsets of rows m = (image, h, w) of a 4-D tensor (strides in units of ALIGN elements,
+    so the compiler knows every row starts aligned), and the image index."""
     img = m // HW
     p = m - img * HW
     h = p // W
-    return img.to(tl.int64) * sn + (h * sh_a + (p - h * W) * sw_a) * ALIGN, img
+    return (img.to(tl.int64) * sn_a + h * sh_a + (p - h * W) * sw_a) * ALIGN, img
 
 
 @triton.jit
-def _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, g_rows, m_ok, n, n_ok, K, sak, sw_row_a, sgk,
-               W_KN: tl.constexpr, W_ALIGN: tl.constexpr, HAS_GATE: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, g_rows, m_ok, n, n_ok, K, sak, sw_row, sgk,
+               W_KN: tl.constexpr, HAS_GATE: tl.constexpr, PRECISION: tl.constexpr,
+               WIDEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = in_bounds(k, K, EVEN_K, BLOCK_K)
+        k_ok = k < K
         a_mask = m_ok[:, None] & k_ok[None, :]
         a = tl.load(a_ptr + a_rows[:, None] + (k * sak)[None, :], mask=a_mask, other=0.0)
         if HAS_GATE:
             g = tl.load(gate_ptr + g_rows[:, None] + (k * sgk)[None, :], mask=a_mask, other=0.0)
             a = (a.to(tl.float32) * g.to(tl.float32)).to(a.dtype)
         if W_KN:  # weights stored (Cin, Cout): rows of B contiguous
-            b_off = (k * (sw_row_a * W_ALIGN))[:, None] + n[None, :]
+            b_off = (k * sw_row)[:, None] + n[None, :]
         else:  # stored (Cout, Cin), as conv weights are
-            b_off = k[:, None] + (n * (sw_row_a * W_ALIGN))[None, :]
+            b_off = k[:, None] + (n * sw_row)[None, :]
         b = tl.load(w_ptr + b_off, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = dot(a, b, acc, PRECISION, WIDEN)
     return acc
@@ -70,33 +70,42 @@ def _epilogue(acc, b_ptr, res_ptr, r_rows, m_ok, n, n_ok, sb, src, out_ty,
     return y.to(out_ty)
 
 
-@triton.jit
+# Sizes and the strides that scale with them are not specialised on (Triton would compile a
+# variant per divisibility-by-16 pattern: per batch size and layer); ALIGN carries what the
+# compiler needs to know instead.  Unit strides stay specialised (they are the contiguous dims).
+@triton.jit(do_not_specialize=["M", "K_a", "NO_a", "HW", "W", "san_a", "sah_a", "saw_a", "sw_row_a", "son_a",
+                               "soh_a", "sow_a", "srn_a", "srh_a", "srw_a", "sgn_a"])
 def _pw_kernel(a_ptr, w_ptr, b_ptr, res_ptr, gate_ptr, out_ptr,
-               M, K, NO, HW, W,
-               san, sac, sah_a, saw_a, sw_row_a, sb, son, soc, soh_a, sow_a, srn, src, srh_a, srw_a, sgn, sgk,
+               M, K_a, NO_a, HW, W,
+               san_a, sac, sah_a, saw_a, sw_row_a, sb, son_a, soc, soh_a, sow_a, srn_a, src, srh_a, srw_a, sgn_a, sgk,
                ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, HAS_GATE: tl.constexpr,
-               POOL: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, ALIGN: tl.constexpr,
-               W_KN: tl.constexpr, W_ALIGN: tl.constexpr,
-               PRECISION: tl.constexpr, WIDEN: tl.constexpr,
+               POOL: tl.constexpr, ALIGN: tl.constexpr,
+               W_KN: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Every size and non-unit stride below is a multiple of ALIGN (passed divided by it), so the
+    # compiler knows that rows start aligned and that masks along C are constant over ALIGN
+    # channels: loads and stores along C vectorize.
+    K = K_a * ALIGN
+    NO = NO_a * ALIGN
+    sw_row = sw_row_a * ALIGN
     out_ty = out_ptr.dtype.element_ty
     if POOL:
         # One image, one Cout block: the image's rows in order, summed as stored.
         pid_n = tl.program_id(0)
         img = tl.program_id(1)
         n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = in_bounds(n, NO, EVEN_N, BLOCK_N)
+        n_ok = n < NO
         total = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for m0 in range(0, HW, BLOCK_M):
             m = img * HW + m0 + tl.arange(0, BLOCK_M)
             m_ok = (m0 + tl.arange(0, BLOCK_M)) < HW
-            a_rows, _ = _rows(m, HW, W, san, sah_a, saw_a, ALIGN)
-            r_rows, _ = _rows(m, HW, W, srn, srh_a, srw_a, ALIGN)
-            acc = _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, img.to(tl.int64) * sgn, m_ok, n, n_ok, K, sac,
-                             sw_row_a, sgk, W_KN, W_ALIGN, HAS_GATE, EVEN_K, PRECISION, WIDEN, BLOCK_M, BLOCK_N, BLOCK_K)
+            a_rows, _ = _rows(m, HW, W, san_a, sah_a, saw_a, ALIGN)
+            r_rows, _ = _rows(m, HW, W, srn_a, srh_a, srw_a, ALIGN)
+            acc = _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, img.to(tl.int64) * sgn_a * ALIGN, m_ok, n, n_ok, K, sac,
+                             sw_row, sgk, W_KN, HAS_GATE, PRECISION, WIDEN, BLOCK_M, BLOCK_N, BLOCK_K)
             y = _epilogue(acc, b_ptr, res_ptr, r_rows, m_ok, n, n_ok, sb, src, out_ty, ACT, HAS_BIAS, HAS_RES)
             total += tl.sum(tl.where(m_ok[:, None], y.to(tl.float32), 0.0), axis=0)
-        tl.store(out_ptr + img.to(tl.int64) * son + n * soc, (total / HW).to(out_ty), mask=n_ok)
+        tl.store(out_ptr + img.to(tl.int64) * son_a * ALIGN + n * soc, (total / HW).to(out_ty), mask=n_ok)
     else:
         # Cout blocks vary fastest, so the programs sharing an A tile run together (L2 reuse).
         num_n = tl.cdiv(NO, BLOCK_N)
@@ -105,41 +114,45 @@ def _pw_kernel(a_ptr, w_ptr, b_ptr, res_ptr, gate_ptr, out_ptr,
         m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = m < M
         n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = in_bounds(n, NO, EVEN_N, BLOCK_N)
-        a_rows, img = _rows(m, HW, W, san, sah_a, saw_a, ALIGN)
-        acc = _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, img.to(tl.int64) * sgn, m_ok, n, n_ok, K, sac, sw_row_a,
-                         sgk, W_KN, W_ALIGN, HAS_GATE, EVEN_K, PRECISION, WIDEN, BLOCK_M, BLOCK_N, BLOCK_K)
-        r_rows, _ = _rows(m, HW, W, srn, srh_a, srw_a, ALIGN)
+        n_ok = n < NO
+        a_rows, img = _rows(m, HW, W, san_a, sah_a, saw_a, ALIGN)
+        acc = _gemm_tile(a_ptr, w_ptr, gate_ptr, a_rows, img.to(tl.int64) * sgn_a * ALIGN, m_ok, n, n_ok, K, sac,
+                         sw_row, sgk, W_KN, HAS_GATE, PRECISION, WIDEN, BLOCK_M, BLOCK_N, BLOCK_K)
+        r_rows, _ = _rows(m, HW, W, srn_a, srh_a, srw_a, ALIGN)
         y = _epilogue(acc, b_ptr, res_ptr, r_rows, m_ok, n, n_ok, sb, src, out_ty, ACT, HAS_BIAS, HAS_RES)
-        o_rows, _ = _rows(m, HW, W, son, soh_a, sow_a, ALIGN)
+        o_rows, _ = _rows(m, HW, W, son_a, soh_a, sow_a, ALIGN)
         tl.store(out_ptr + o_rows[:, None] + (n * soc)[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _divisor_block(size: int, cap: int) -> int:
-    """The block along a GEMM dimension: the whole (power-of-two padded) size up to `cap`,
-    else the widest power of two <= cap dividing it (no mask), else `cap` (masked)."""
+def _block(size: int, cap: int) -> int:
+    """The block along a GEMM dimension: the whole size (power-of-two padded, >= 16, tl.dot's
+    minimum) up to `cap`; beyond, `cap` if it divides the size, else cap / 2 (masked at the end)."""
     if size <= cap:
         return max(16, triton.next_power_of_2(size))
-    return next((b for b in (cap, cap // 2, cap // 4) if b >= 16 and size % b == 0), cap)
+    return cap if size % cap == 0 else cap // 2
 
 
-def tiles(M: int, K: int, NO: int, HW: int, dtype: torch.dtype, pool: bool) -> tuple[int, int, int, int]:
+def tiles(M: int, K: int, NO: int, HW: int, dtype: torch.dtype, pool: bool, gate: bool = False
+          ) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps), a fixed heuristic (no autotuning, so nothing is
     timed during a CUDA graph capture and the AOT check sees exactly what runs).
 
-    These GEMMs are memory-bound (K and Cout are 16-960): the tile covers up to 128 output
-    channels so A is read once for most layers; 128 rows x 128 channels of fp32 accumulator is
-    64 registers a thread at 8 warps.  fp32 operands halve BLOCK_K (shared memory, registers)."""
+    These GEMMs are memory-bound (K and Cout are 16-960): for fp16/bf16 the tile covers up to
+    128 output channels, so A is read once for most layers (wider layers re-read A tiles from
+    L2); 128 rows x 128 channels of fp32 accumulator is 64 registers a thread at 8 warps.
+    fp32 (the correctness reference) multiplies exactly on the FMA units, whose dot holds a
+    whole K slice of both operands in registers: 64 x 64 tiles with K steps of 16 (wider ones
+    spilled on sm_80).  A gated A tile passes through registers (scaled, rounded) before the
+    dot: K steps of 32 there keep it below the register file (64 reached 255 on sm_80)."""
     rows = HW if pool else M
+    if dtype == torch.float32:
+        block_m = min(64, max(16, triton.next_power_of_2(rows)))
+        return block_m, _block(NO, 64), 16, 4
     block_m = min(128, max(16, triton.next_power_of_2(rows)))
-    block_n = _divisor_block(NO, 128)
-    block_k = _divisor_block(K, 32 if dtype == torch.float32 else 64)
+    block_n = _block(NO, 128)
+    block_k = _block(K, 32 if gate else 64)
     warps = 8 if block_m * block_n >= 128 * 64 else 4
     return block_m, block_n, block_k, warps
-
-
-def _strides4(t: torch.Tensor, align: int) -> tuple:
-    return t.stride(0), t.stride(1), t.stride(2) // align, t.stride(3) // align
 
 
 def _weight_layout(w: torch.Tensor) -> tuple:
@@ -159,26 +172,32 @@ def launch(x, weight2d, bias, out, act: str, residual=None, gate=None, pool: boo
     N, K, H, W = x.shape
     NO = weight2d.shape[0]
     M, HW = N * H * W, H * W
-    block_m, block_n, block_k, warps = tiles(M, K, NO, HW, x.dtype, pool)
+    block_m, block_n, block_k, warps = tiles(M, K, NO, HW, x.dtype, pool, gate is not None)
     out4 = out[:, :, None, None] if pool else out
     res = residual if residual is not None else out4
-    # Pixel strides in units of ALIGN elements (1 for NCHW, where a pixel stride is 1).
-    align = stride_alignment([x.stride(2), x.stride(3), res.stride(2), res.stride(3)]
-                             + ([] if pool else [out.stride(2), out.stride(3)]))
     w, w_kn, w_row = _weight_layout(weight2d)
-    w_align = stride_alignment([w_row])
+    g_row, g_col = (gate.stride(0), gate.stride(1)) if gate is not None else (0, 0)
+    # The common alignment of the sizes and the non-unit strides (8 for MobileNet's channels_last
+    # activations, whose widths are multiples of 8; 1 for NCHW, whose pixel stride is 1).
+    xs, os_, rs = effective_strides(x), effective_strides(out4), effective_strides(res) if residual is not None else (0, 0, 0, 0)
+    pixel = [xs[0], xs[2], xs[3], os_[0], rs[0], rs[2], rs[3]] + ([] if pool else [os_[2], os_[3]])
+    align = stride_alignment(pixel + [K, NO, w_row, g_row])
     if pool:
         grid = (triton.cdiv(NO, block_n), N)
     else:
         grid = (triton.cdiv(M, block_m) * triton.cdiv(NO, block_n),)
+
+    def units(st):  # image, channel, h, w strides with the scaled ones in units of align
+        return st[0] // align, st[1], st[2] // align, st[3] // align
+
     kernel[grid](
         x, w, bias if bias is not None else w, res, gate if gate is not None else w, out,
-        M, K, NO, HW, W,
-        *_strides4(x, align), w_row // w_align, bias.stride(0) if bias is not None else 0,
-        *_strides4(out4, 1 if pool else align), *_strides4(res, align),
-        gate.stride(0) if gate is not None else 0, gate.stride(1) if gate is not None else 0,
+        M, K // align, NO // align, HW, W,
+        *units(xs), w_row // align, bias.stride(0) if bias is not None else 0,
+        *units(os_ if not pool else (os_[0], os_[1], 0, 0)), *units(rs),
+        g_row // align, g_col,
         ACT=ACT_CODES[act], HAS_BIAS=bias is not None, HAS_RES=residual is not None, HAS_GATE=gate is not None,
-        POOL=pool, EVEN_K=K % block_k == 0, EVEN_N=NO % block_n == 0, ALIGN=align, W_KN=w_kn, W_ALIGN=w_align,
+        POOL=pool, ALIGN=align, W_KN=w_kn,
         PRECISION=dot_precision(x.dtype), WIDEN=widen_dot(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_K=block_k, num_warps=warps,
     )

@@ -58,7 +58,7 @@ def squeeze_excite(x, w1, b1, w2, b2, pool_sums=None) -> torch.Tensor:
     out = torch.empty_like(x, memory_format=output_memory_format(x))
     if out.numel() == 0:
         return out
-    block_p, block_c, warps = block_sizes(output_memory_format(x) == torch.channels_last, C, H * W)
+    block_p, block_c, warps = block_sizes(output_memory_format(x) == torch.channels_last, C, H * W, x.element_size())
     grid = (triton.cdiv(H * W, block_p), triton.cdiv(C, block_c), N)
     if pool_sums is None:
         pool_sums = torch.empty((N, grid[0], C), device=x.device, dtype=torch.float32)

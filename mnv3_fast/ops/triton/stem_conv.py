@@ -16,7 +16,7 @@ from .._checks import TRITON_DTYPES, check_stem_args
 from ._common import ACT_CODES, apply_act, traceable
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "Ho", "Wo", "sxn", "sxc", "sxh", "sxw", "son", "soh", "sow"])
 def _stem_kernel(x_ptr, w_ptr, b_ptr, out_ptr,
                  H, W, Ho, Wo, CO, padding,
                  sxn, sxc, sxh, sxw, son, soc, soh, sow, swo, swi, swh, sww, sb,
@@ -31,7 +31,7 @@ def _stem_kernel(x_ptr, w_ptr, b_ptr, out_ptr,
     ow = p % Wo
     x_img = x_ptr + n * sxn
     acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
-    for ci in tl.static_range(CIN):
+    for ci in range(CIN):  # a runtime loop: all CIN x K x K taps unrolled kept every load in flight (spills)
         for kh in tl.static_range(K):
             ih = oh * STRIDE - padding + kh
             row_ok = p_ok & (ih >= 0) & (ih < H)
