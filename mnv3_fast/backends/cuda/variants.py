@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+from typing import Optional
 
 import torch
 
@@ -69,11 +74,9 @@ def record(arch: int, modes=MODELS, batches=BATCHES, dtypes=DTYPES) -> list[dict
     return list(rows.values())
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], triton_version: str) -> str:
     """A text table: one line per kernel variant (summary per kernel first)."""
-    import triton
-
-    lines = [f"triton {triton.__version__}", "", "kernel            arch  variants  max regs  max spill B  max smem B"]
+    lines = [f"triton {triton_version}", "", "kernel            arch  variants  max regs  max spill B  max smem B"]
     by_kernel: dict = {}
     for r in rows:
         by_kernel.setdefault((r["kernel"], r["arch"]), []).append(r)
@@ -86,6 +89,52 @@ def table(rows: list[dict]) -> str:
         lines.append(f"{r['kernel']:<17} sm_{r['arch']}  {r['registers']:>4}  {r['spill_bytes']:>5}  "
                      f"{r['shared_bytes']:>6}  {r['num_warps']:>5}  {consts}  ({', '.join(r['cases'])})")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ another triton, in a subprocess
+
+#: The triton the GPU machine has (the AOT checks compile with it as well as with the installed one).
+GPU_MACHINE_TRITON = "3.6.0"
+
+
+def triton_dir(version: str, cache: Optional[str] = None) -> str:
+    """A directory holding triton==`version` (for PYTHONPATH), installed there by pip on first use:
+    $MNV3_TRITON_<major>_<minor>_DIR if set, else ~/.cache/mnv3_fast/triton-<version>."""
+    env = os.environ.get("MNV3_TRITON_" + "_".join(version.split(".")[:2]) + "_DIR")
+    if env:
+        return env
+    cache = cache or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mnv3_fast")
+    target = os.path.join(cache, f"triton-{version}")
+    if not os.path.isdir(os.path.join(target, "triton")):
+        tmp = target + f".tmp{os.getpid()}"
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", tmp,
+                               f"triton=={version}"], capture_output=True, text=True, timeout=900)
+        if proc.returncode:
+            raise RuntimeError(f"pip could not install triton=={version} into {tmp}:\n{proc.stdout}{proc.stderr}")
+        os.makedirs(cache, exist_ok=True)
+        if not os.path.isdir(os.path.join(target, "triton")):
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        else:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def run_subprocess(triton_path: Optional[str] = None, args=(), timeout: int = 1800) -> dict:
+    """Runs this module in a fresh interpreter (the Triton interpreter off; with `triton_path` first
+    on sys.path, so that triton is imported from there) and returns its JSON."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (triton_path, repo, env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "variants.json")
+        proc = subprocess.run([sys.executable, "-m", "mnv3_fast.backends.cuda.variants", "--json", out, *args],
+                              env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode:
+            raise RuntimeError(f"the AOT compile failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}"
+                               f"{proc.stderr[-8000:]}")
+        with open(out) as f:
+            return json.load(f)
 
 
 def main(argv=None) -> int:
@@ -107,7 +156,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(dict(triton=triton.__version__, seconds=time.time() - start, rows=rows), f, indent=1)
     else:
-        print(table(rows))
+        print(table(rows, triton.__version__))
         print(f"\n{len(rows)} variants in {time.time() - start:.0f} s")
     return 0
 
