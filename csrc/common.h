@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "program_table.h"
+
 // Full unrolling of a loop with a compile-time trip count, so that small
 // arrays of vectors indexed by the loop variable stay in registers.
 #define MNV3_PRAGMA(x) _Pragma(#x)
@@ -55,6 +57,13 @@ inline void check_rank4(const char* op, const Tensor& x) {
               "-D tensor of shape ", shape_str(x));
 }
 
+// A conv's output size along one axis (0 when the padded input is smaller than
+// the dilated kernel).  Callers bound padding first, so nothing overflows.
+inline int64_t conv_output_size(int64_t size, int64_t k, int64_t stride, int64_t padding, int64_t dilation = 1) {
+  const int64_t span = dilation * (k - 1) + 1, padded = size + 2 * padding;
+  return padded < span ? 0 : (padded - span) / stride + 1;
+}
+
 // The memory-format rule shared by every op (and by the Python fake kernels):
 // a tensor that is channels_last-contiguous but not plain-contiguous is
 // computed and returned as channels_last; everything else as NCHW.
@@ -64,12 +73,14 @@ inline bool is_channels_last(const Tensor& x) {
 
 // ---------------------------------------------------------------- activations
 
+// The activation codes: the order of kActNames (program_table.h).
 enum class Act { None, ReLU, HSwish };
+static_assert(kNumActs == 3, "enum class Act must list every activation of kActNames");
 
 inline Act parse_act(const char* op, c10::string_view name) {
-  if (name == "none") return Act::None;
-  if (name == "relu") return Act::ReLU;
-  if (name == "hswish") return Act::HSwish;
+  for (int64_t code = 0; code < kNumActs; ++code) {
+    if (name == kActNames[code]) return static_cast<Act>(code);
+  }
   TORCH_CHECK_VALUE(false, op, ": expected act to be one of 'none', 'relu', 'hswish', got '", std::string(name), "'");
 }
 

@@ -17,18 +17,14 @@ namespace {
 
 constexpr const char* kOp = "mnv3::run_cpu_program";
 
-enum Opcode : int64_t { kSave, kConv, kDw, kSe, kAffine, kAct, kMark, kPool, kLinear, kStem, kNumOpcodes };
-constexpr int64_t kArgCounts[kNumOpcodes] = {0, 6, 6, 4, 2, 1, 1, 0, 4, 5};
-constexpr const char* kNames[kNumOpcodes] = {"SAVE", "CONV", "DW", "SE", "AFFINE", "ACT", "MARK", "POOL", "LINEAR", "STEM"};
 // What the profiler shows for each instruction (the oneDNN ops also show as themselves).
 constexpr const char* kProfileNames[kNumOpcodes] = {
     "mnv3::program::SAVE", "mnv3::program::CONV", "mnv3::program::DW",     "mnv3::program::SE",
     "mnv3::program::AFFINE", "mnv3::program::ACT", "mnv3::program::MARK", "mnv3::program::POOL",
     "mnv3::program::LINEAR", "mnv3::program::STEM"};
-constexpr const char* kActNames[3] = {"none", "relu", "hswish"};
 // oneDNN's ReLU post-op turns NaN into 0, so a conv's ReLU runs after it, in
 // place (or in the depthwise conv that follows, as it loads).
-constexpr const char* kOneDnnAttr[3] = {"none", "none", "hardswish"};
+constexpr const char* kOneDnnAttr[kNumActs] = {"none", "none", "hardswish"};
 
 using Stack = std::vector<c10::IValue>;
 
@@ -66,9 +62,11 @@ Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bia
 }
 
 Tensor activate(const Tensor& x, int64_t act) {
-  if (act == 1) return at::relu(x);  // (not in place: x may be the saved residual or the caller's input)
-  if (act == 2) return hswish_cpu(x);
-  return x;
+  switch (static_cast<Act>(act)) {
+    case Act::ReLU: return at::relu(x);  // (not in place: x may be the saved residual or the caller's input)
+    case Act::HSwish: return hswish_cpu(x);
+    default: return x;
+  }
 }
 
 // Global average pool to (N, C).  On channels_last the mean over the middle
@@ -78,46 +76,50 @@ Tensor pool(const Tensor& x) {
   return x.mean({2, 3});
 }
 
-Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) {
-  check_rank4(kOp, x_in);
-  TORCH_CHECK_VALUE(x_in.device().is_cpu(), kOp, ": runs on the CPU only, got x on ", x_in.device());
-  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16, kOp,
-                   ": expected x to be float32 or bfloat16 on the CPU, got ", x_in.scalar_type());
+// Checks the whole program before any of it runs (the same checks, with the
+// same messages, as `decode` in mnv3_fast/ops/cpu_program.py); returns the
+// logits' width.
+int64_t validate(at::TensorList tensors, at::IntArrayRef program) {
   const int64_t num_tensors = static_cast<int64_t>(tensors.size());
-
-  // Check the whole program before running any of it.
-  int64_t last = -1, out_features = 0;
+  int64_t last = -1, out_features = 0, pooled_at = -1;
   bool saved_any = false;
   for (size_t i = 0; i < program.size();) {
     const int64_t op = program[i];
     TORCH_CHECK_VALUE(op >= 0 && op < kNumOpcodes, kOp, ": unknown opcode ", op, " at position ", i, " (expected 0..",
                       kNumOpcodes - 1, ")");
-    const int64_t n = kArgCounts[op];
-    TORCH_CHECK_VALUE(i + 1 + n <= program.size(), kOp, ": ", kNames[op], " at position ", i, " needs ", n,
-                      " arguments, got ", program.size() - i - 1);
+    const OpcodeInfo& info = kOpcodes[op];
+    TORCH_CHECK_VALUE(i + 1 + info.num_args <= program.size(), kOp, ": ", info.name, " at position ", i, " needs ",
+                      info.num_args, " arguments, got ", program.size() - i - 1);
     const int64_t* a = program.data() + i + 1;
     auto check_tensor = [&](int64_t k, bool optional) {
-      TORCH_CHECK_VALUE(a[k] >= (optional ? -1 : 0) && a[k] < num_tensors, kOp, ": ", kNames[op], " at position ", i,
+      TORCH_CHECK_VALUE(a[k] >= (optional ? -1 : 0) && a[k] < num_tensors, kOp, ": ", info.name, " at position ", i,
                         " names tensor ", a[k], ", but there are ", num_tensors, " tensors");
     };
-    auto check_act = [&](int64_t k) {
-      TORCH_CHECK_VALUE(a[k] >= 0 && a[k] <= 2, kOp, ": ", kNames[op], " at position ", i, " has activation code ",
-                        a[k], " (expected 0 none, 1 relu or 2 hswish)");
-    };
+    if (info.act_arg >= 0) {
+      const int64_t code = a[info.act_arg];
+      TORCH_CHECK_VALUE(code >= 0 && code < kNumActs, kOp, ": ", info.name, " at position ", i,
+                        " has activation code ", code, " (expected 0 none, 1 relu or 2 hswish)");
+    }
+    // After POOL the value is (N, C): only LINEAR and ACT apply to it, and LINEAR to nothing else.
+    const bool needs_map = op != kLinear && op != kAct;
+    TORCH_CHECK_VALUE(!(needs_map && pooled_at >= 0), kOp, ": ", info.name, " at position ", i,
+                      " needs a 4-D value, but the value was pooled at position ", pooled_at);
+    TORCH_CHECK_VALUE(!(op == kLinear && pooled_at < 0), kOp, ": LINEAR at position ", i,
+                      " needs pooled (N, C) features: put a POOL before it");
     switch (op) {
       case kConv:
-        check_tensor(0, false), check_tensor(1, true), check_act(4);
+        check_tensor(0, false), check_tensor(1, true);
         TORCH_CHECK_VALUE(!a[5] || saved_any, kOp, ": CONV at position ", i,
                           " adds a residual, but no SAVE comes before it");
         break;
       case kSave: saved_any = true; break;
-      case kDw: check_tensor(0, false), check_tensor(1, true), check_act(5); break;
-      case kStem: check_tensor(0, false), check_tensor(1, true), check_act(4); break;
+      case kDw:
+      case kStem: check_tensor(0, false), check_tensor(1, true); break;
       case kSe: for (int k = 0; k < 4; ++k) check_tensor(k, false); break;
       case kAffine: check_tensor(0, false), check_tensor(1, false); break;
-      case kAct: check_act(0); break;
+      case kPool: pooled_at = static_cast<int64_t>(i); break;
       case kLinear:
-        check_tensor(0, false), check_tensor(1, true), check_act(2);
+        check_tensor(0, false), check_tensor(1, true);
         TORCH_CHECK_VALUE(tensors[a[0]].dim() == 2 && tensors[a[0]].size(0) == a[3], kOp, ": LINEAR at position ", i,
                           " declares ", a[3], " output features, but its weight has shape ",
                           shape_str(tensors[a[0]]));
@@ -126,18 +128,21 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
       default: break;
     }
     last = op;
-    i += 1 + n;
+    i += 1 + info.num_args;
   }
   TORCH_CHECK_VALUE(last == kLinear, kOp, ": expected the program to end with a LINEAR instruction");
-  if (x_in.size(0) == 0) return at::empty({0, out_features}, x_in.options());  // (oneDNN rejects empty inputs)
+  return out_features;
+}
 
+// Runs a validated program.
+Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) {
   // Optional tensor arguments (biases): index -1 is "none".
   auto optional_tensor = [&](int64_t k) { return k < 0 ? std::nullopt : std::optional<Tensor>(tensors[k]); };
   Tensor x = x_in, saved;
   bool relu_pending = false;  // a CONV's ReLU left for the next DW to apply as it loads
-  for (size_t i = 0; i < program.size(); i += 1 + kArgCounts[program[i]]) {
+  for (size_t i = 0; i < program.size(); i += 1 + kOpcodes[program[i]].num_args) {
     const int64_t* a = program.data() + i + 1;
-    const size_t next = i + 1 + kArgCounts[program[i]];
+    const size_t next = i + 1 + kOpcodes[program[i]].num_args;
     RECORD_FUNCTION(kProfileNames[program[i]], c10::ArrayRef<const c10::IValue>{});
     switch (program[i]) {
       case kSave: saved = x; break;
@@ -149,8 +154,9 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
         x = conv(x, tensors[a[0]], optional_tensor(a[1]), a[2], a[3], a[4]);
         // A ReLU before a depthwise conv is applied by it, on load: one pass less
         // over the block's largest activation.
-        relu_pending = a[4] == 1 && !a[5] && next < program.size() && program[next] == kDw;
-        if (a[4] == 1 && !relu_pending) x.relu_();
+        const bool relu = static_cast<Act>(a[4]) == Act::ReLU;
+        relu_pending = relu && !a[5] && next < program.size() && program[next] == kDw;
+        if (relu && !relu_pending) x.relu_();
         if (a[5]) x.add_(saved);  // the seed variant adds after the activation
         break;
       }
@@ -166,8 +172,6 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
       }
       case kSe: x = squeeze_excite_cpu(x, tensors[a[0]], tensors[a[1]], tensors[a[2]], tensors[a[3]]); break;
       case kAffine: {
-        TORCH_CHECK_VALUE(x.dim() == 4, kOp, ": AFFINE at position ", i, " needs a 4-D value, got shape ",
-                          shape_str(x));
         const int64_t C = x.size(1);
         x = x * tensors[a[0]].view({1, C, 1, 1}) + tensors[a[1]].view({1, C, 1, 1});
         break;
@@ -177,13 +181,23 @@ Tensor run_cpu_program_cpu(const Tensor& x_in, at::TensorList tensors, at::IntAr
       case kPool: x = pool(x); break;
       case kLinear: {  // weight bias act out_features
         x = linear(x, tensors[a[0]], optional_tensor(a[1]), a[2]);
-        if (a[2] == 1) x.relu_();
+        if (static_cast<Act>(a[2]) == Act::ReLU) x.relu_();
         break;
       }
       default: break;
     }
   }
   return x;
+}
+
+Tensor run_cpu_program_cpu(const Tensor& x, at::TensorList tensors, at::IntArrayRef program) {
+  check_rank4(kOp, x);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), kOp, ": runs on the CPU only, got x on ", x.device());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, kOp,
+                   ": expected x to be float32 or bfloat16 on the CPU, got ", x.scalar_type());
+  const int64_t out_features = validate(tensors, program);
+  if (x.size(0) == 0) return at::empty({0, out_features}, x.options());  // (oneDNN rejects empty inputs)
+  return run(x, tensors, program);
 }
 
 }  // namespace

@@ -235,7 +235,9 @@ Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const s
   TORCH_CHECK_VALUE(K == 3 || K == 5, kOp, ": expected a 3x3 or 5x5 kernel, got ", K, "x", K);
   TORCH_CHECK_VALUE(stride == 1 || stride == 2, kOp, ": expected stride 1 or 2, got ", stride);
   TORCH_CHECK_VALUE(dilation == 1 || dilation == 2, kOp, ": expected dilation 1 or 2, got ", dilation);
-  TORCH_CHECK_VALUE(padding >= 0, kOp, ": expected padding >= 0, got ", padding);
+  TORCH_CHECK_VALUE(padding >= 0 && padding <= dilation * (K - 1), kOp, ": expected 0 <= padding <= ",
+                    dilation * (K - 1), " (dilation * (k - 1)) for a ", K, "x", K, " kernel with dilation ", dilation,
+                    ", got ", padding);
   if (bias.has_value()) {
     check_same(kOp, x_in, "bias", *bias);
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == C, kOp, ": expected bias of shape (", C, "), got ",
@@ -244,8 +246,8 @@ Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const s
   const Act act = parse_act(kOp, act_name);
 
   Geometry g{x_in.size(0), C, x_in.size(2), x_in.size(3), K, stride, padding, dilation, 0, 0};
-  g.Ho = (g.H + 2 * padding - dilation * (K - 1) - 1) / stride + 1;
-  g.Wo = (g.W + 2 * padding - dilation * (K - 1) - 1) / stride + 1;
+  g.Ho = conv_output_size(g.H, K, stride, padding, dilation);
+  g.Wo = conv_output_size(g.W, K, stride, padding, dilation);
   TORCH_CHECK_VALUE(g.Ho > 0 && g.Wo > 0, kOp, ": input of spatial size ", g.H, "x", g.W, " is too small for a ", K, "x",
               K, " kernel with padding ", padding, " and dilation ", dilation);
 

@@ -98,15 +98,15 @@ Tensor stem_conv_cpu(const Tensor& x, const Tensor& weight, const std::optional<
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == Ci && weight.size(2) == weight.size(3), kOp,
                     ": expected weight of shape (C_out, ", Ci, ", k, k) for an input with ", Ci, " channels, got ",
                     shape_str(weight));
-  TORCH_CHECK_VALUE(stride >= 1 && padding >= 0, kOp, ": expected stride >= 1 and padding >= 0, got ", stride, " and ",
-                    padding);
-  TORCH_CHECK_VALUE(x.size(2) + 2 * padding >= weight.size(2) && x.size(3) + 2 * padding >= weight.size(3), kOp,
-                    ": input of spatial size ", x.size(2), "x", x.size(3), " is too small for a ", weight.size(2),
-                    "x", weight.size(3), " kernel with padding ", padding);
-  StemGeometry g{x.size(0), Ci, x.size(2), x.size(3), weight.size(0), 0, weight.size(2), stride, padding, 0, 0,
+  const int64_t K = weight.size(2);
+  TORCH_CHECK_VALUE(stride >= 1 && padding >= 0 && padding < K, kOp,
+                    ": expected stride >= 1 and 0 <= padding < k, got stride ", stride, " and padding ", padding);
+  StemGeometry g{x.size(0), Ci, x.size(2), x.size(3), weight.size(0), 0, K, stride, padding, 0, 0,
                  x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
-  g.Ho = (g.H + 2 * padding - g.K) / stride + 1;
-  g.Wo = (g.W + 2 * padding - g.K) / stride + 1;
+  g.Ho = conv_output_size(g.H, K, stride, padding);
+  g.Wo = conv_output_size(g.W, K, stride, padding);
+  TORCH_CHECK_VALUE(g.Ho > 0 && g.Wo > 0, kOp, ": input of spatial size ", g.H, "x", g.W, " is too small for a ", K,
+                    "x", K, " kernel with padding ", padding);
   if (bias.has_value()) {
     check_same(kOp, x, "bias", *bias);
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == g.Co, kOp, ": expected bias of shape (", g.Co, "), got ",

@@ -77,14 +77,14 @@ def _linear_as_conv(t: torch.Tensor) -> torch.Tensor:
     return t[:, :, None, None] if t.dim() == 2 else t
 
 
-def _build(config: NetworkConfig, state_dict: dict, source: str, origin: dict | None = None) -> MobileNetV3:
+def _build(config: NetworkConfig, state_dict: dict, source: str, mapping: "_KeyMap | None" = None) -> MobileNetV3:
     """The fast model with `state_dict` (already in our keys) loaded; errors name the
-    source's own key (`origin` maps ours back to it)."""
-    origin = origin or {}
+    source's own key (`mapping` names ours as the source does)."""
+    name_of = mapping.source_name if mapping is not None else (lambda key: key)
     model = MobileNetV3(config=config)
     expected = model.state_dict()
     for key, value in state_dict.items():
-        name = origin.get(key, key)
+        name = name_of(key)
         if key not in expected:
             raise ValueError(f"{source}: key {name!r} has no place in the converted model")
         if expected[key].shape != value.shape:
@@ -93,7 +93,7 @@ def _build(config: NetworkConfig, state_dict: dict, source: str, origin: dict | 
             )
     missing = [k for k in expected if k not in state_dict]
     if missing:
-        raise ValueError(f"{source}: the checkpoint has no value for {missing[0]!r} ({len(missing)} missing)")
+        raise ValueError(f"{source}: the checkpoint has no {name_of(missing[0])!r} ({len(missing)} missing)")
     model.load_state_dict(state_dict)  # copies: the source's tensors are never shared or modified
     return model.eval()
 
@@ -106,8 +106,19 @@ class _KeyMap:
         self.out: OrderedDict = OrderedDict()
         self.origin: dict = {}  # our key -> the source's key, for error messages
         self.used: set = set()
+        self.prefixes: list = []  # (our prefix, the source's prefix), to name keys the source lacks
+
+    def source_name(self, key: str) -> str:
+        """The source's name for one of our keys, present in the source or not."""
+        if key in self.origin:
+            return self.origin[key]
+        for dst, src in self.prefixes:
+            if key.startswith(dst):
+                return src + key[len(dst):]
+        return key
 
     def copy(self, dst_prefix: str, src_prefix: str, linear_to_conv: bool = False) -> None:
+        self.prefixes.append((dst_prefix, src_prefix))
         found = False
         for key, value in self.source.items():
             if key.startswith(src_prefix):
@@ -273,18 +284,32 @@ def _timm_config(model) -> NetworkConfig:
 # ------------------------------------------------------------------ state_dict form
 
 
+# Each layout's keys, as patterns: a checkpoint's layout is the one whose patterns most of its keys
+# match, so that a checkpoint with a key missing (even its first) is still recognised, and the
+# error can name what is missing.
+_LAYOUT_KEYS = {
+    "torchvision": re.compile(r"(features|classifier)\."),
+    "timm": re.compile(r"(conv_stem|bn1|bn2|blocks|conv_head|classifier)\."),
+    "seed": re.compile(r"(init_conv|out_conv[12])\.|block\.\d+\.(conv|depth_conv|squeeze_block|point_conv)\."),
+    "paper": re.compile(r"(init_conv|out_conv[12])\.|block\.\d+\.(expand_conv|depthwise_conv|squeeze_excite|"
+                        r"project_conv)\."),
+}
+# Keys only one layout has: they break ties (the seed's and the paper's share init_conv/out_conv).
+_LAYOUT_MARKS = {"seed": re.compile(r"block\.\d+\.(conv|depth_conv|point_conv)\."),
+                 "paper": re.compile(r"block\.\d+\.(depthwise_conv|project_conv)\.")}
+
+
 def _detect_layout(sd: dict) -> str:
     keys = list(sd)
-    if "features.0.0.weight" in sd and "classifier.0.weight" in sd:
-        return "torchvision"
-    if "conv_stem.weight" in sd:
-        return "timm"
-    if "block.0.conv.0.weight" in sd:
-        return "seed"
-    if "init_conv.0.weight" in sd:
-        return "paper"
-    raise ValueError(f"unrecognised checkpoint layout: first key {keys[0] if keys else None!r} fits none of "
-                     "torchvision, timm, the seed implementation or mnv3_fast")
+    votes = {name: sum(1 for k in keys if pattern.match(k)) for name, pattern in _LAYOUT_KEYS.items()}
+    for name, mark in _LAYOUT_MARKS.items():
+        if not any(mark.match(k) for k in keys):
+            votes[name] = 0
+    best = max(votes, key=votes.get)
+    if votes[best] * 2 <= len(keys):  # (most keys must fit it)
+        raise ValueError(f"unrecognised checkpoint layout: first key {keys[0] if keys else None!r} fits none of "
+                         "torchvision, timm, the seed implementation or mnv3_fast")
+    return best
 
 
 def _preset_rows(n_blocks: int, source: str):
@@ -347,33 +372,45 @@ def _own_config_from_sd(sd: dict, variant: str) -> NetworkConfig:
     num_classes = sd["out_conv2.3.weight"].shape[0]
     base = build_config(mode, num_classes, 1.0, variant=variant)
     # Read every width off the shapes, keeping the table's kernels, strides and activations.
-    expand_key = "conv" if variant == "seed" else "expand_conv"
-    dw_key = "depth_conv" if variant == "seed" else "depthwise_conv"
-    se_key = "squeeze_block.dense.0" if variant == "seed" else "squeeze_excite.reduce"
-    project_key = "point_conv" if variant == "seed" else "project_conv"
+    expand_key, dw_key, se_key, project_key = ref.MobileBlock.PART_NAMES[variant]
+    se_fc1 = (ref.SeedSqueezeBlock if variant == "seed" else ref.SqueezeExcite).FC_NAMES[0]
     blocks = []
     for i, cfg in enumerate(base.blocks):
         dw = sd[f"block.{i}.{dw_key}.0.weight"]
         first = sd.get(f"block.{i}.{expand_key}.0.weight", dw)
-        se = sd.get(f"block.{i}.{se_key}.weight")
+        se = sd.get(f"block.{i}.{se_key}.{se_fc1}.weight")
         blocks.append(replace(cfg, in_channels=first.shape[1] if first is not dw else dw.shape[0],
                               expand_channels=dw.shape[0], kernel_size=dw.shape[-1],
                               out_channels=sd[f"block.{i}.{project_key}.0.weight"].shape[0],
                               se_channels=0 if se is None else se.shape[0]))
-    last_se = sd.get("out_conv1.1.dense.0.weight")
+    last_se = sd.get(f"out_conv1.1.{ref.SeedSqueezeBlock.FC_NAMES[0]}.weight")
     return replace(base, stem_channels=sd["init_conv.0.weight"].shape[0], blocks=tuple(blocks),
                    last_channels=sd["out_conv1.0.weight"].shape[0], head_channels=sd["out_conv2.0.weight"].shape[0],
                    last_se_channels=0 if last_se is None else last_se.shape[0])
 
 
-def from_pretrained_state_dict(state_dict: dict) -> MobileNetV3:
+def _dilate_last_stage(config: NetworkConfig) -> NetworkConfig:
+    """torchvision's `dilated=True`: the blocks from the last stride-2 one on run at stride 1 with
+    dilation 2 (the output stride is 16 instead of 32)."""
+    last = max(i for i, b in enumerate(config.blocks) if b.stride == 2)
+    blocks = tuple(replace(b, stride=1, dilation=2) if i >= last else b for i, b in enumerate(config.blocks))
+    return replace(config, blocks=blocks)
+
+
+def from_pretrained_state_dict(state_dict: dict, dilated: bool = False) -> MobileNetV3:
     """A fast model (eval mode) from a raw checkpoint of torchvision, timm, the seed
-    implementation (a DataParallel `module.` prefix is fine) or mnv3_fast itself."""
+    implementation (a DataParallel `module.` prefix is fine) or mnv3_fast itself.
+
+    A state_dict holds no strides or dilations: they come from the standard table.
+    `dilated=True` is for checkpoints of torchvision's `mobilenet_v3_*(dilated=True)`
+    (a segmentation backbone), whose keys and shapes are identical to the undilated
+    model's: it cannot be told apart, and loads wrong without it."""
     if not isinstance(state_dict, dict) or not state_dict:
         raise ValueError(f"expected a non-empty state_dict (a dict of tensors), got {type(state_dict).__name__}")
     # DataParallel saves every key under "module."; errors still name the key as the checkpoint has it.
     original = {(k[len("module."):] if k.startswith("module.") else k): k for k in state_dict}
     sd = OrderedDict((k, state_dict[original[k]]) for k in original)
+    prefix = "module." if all(k.startswith("module.") for k in state_dict) else ""
     layout = _detect_layout(sd)
     source = f"{layout} checkpoint"
     try:
@@ -387,12 +424,17 @@ def from_pretrained_state_dict(state_dict: dict) -> MobileNetV3:
             config = _own_config_from_sd(sd, layout)
             mapping = _KeyMap(sd)
             mapping.copy("", "")
-    except (KeyError, StopIteration, IndexError) as exc:
+    except KeyError as exc:
+        raise ValueError(f"{source}: the checkpoint has no {prefix + exc.args[0]!r}, which this layout needs") from None
+    except (StopIteration, IndexError) as exc:
         raise ValueError(f"{source}: does not fit the expected layout ({exc!r})") from None
     for ours, theirs in mapping.origin.items():
         mapping.origin[ours] = original[theirs]
+    mapping.prefixes = [(ours, prefix + theirs) for ours, theirs in mapping.prefixes]
     mapping.check_all_used(source)
-    return _build(config, mapping.out, source, mapping.origin)
+    if dilated:
+        config = _dilate_last_stage(config)
+    return _build(config, mapping.out, source, mapping)
 
 
 def convert(module: nn.Module) -> MobileNetV3:
@@ -422,7 +464,7 @@ def convert(module: nn.Module) -> MobileNetV3:
     except (AttributeError, IndexError, StopIteration) as exc:
         raise TypeError(f"convert: {kind} is not MobileNetV3-shaped ({exc})") from None
     mapping.check_all_used(cls.__name__)
-    return _like_source(_build(config, mapping.out, cls.__name__, mapping.origin), module)
+    return _like_source(_build(config, mapping.out, cls.__name__, mapping), module)
 
 
 def _like_source(fast: MobileNetV3, source: nn.Module) -> MobileNetV3:

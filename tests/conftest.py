@@ -29,9 +29,17 @@ CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
 
 
-def assert_matches_reference(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+def assert_close(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    """A kernel's output against its float64 reference, at the tolerance of `dtype` (TOLERANCES)."""
     assert out.dtype == dtype
     torch.testing.assert_close(out.double(), expected.double(), **TOLERANCES[dtype])
+
+
+def assert_close_rel(out: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
+    """A whole network's output: the largest absolute difference, relative to the largest |expected|."""
+    scale = expected.abs().max().clamp_min(1e-12)
+    err = ((out.double() - expected.double()).abs().max() / scale).item()
+    assert err <= rtol, f"relative error {err:.3g} > {rtol}"
 
 
 def randn(*shape, dtype=torch.float32, memory_format=torch.contiguous_format, seed=0, scale=1.0):

@@ -353,3 +353,41 @@ def test_wrong_shaped_tensor_names_its_key(name, key):
     state_dict[key] = state_dict[key][:-1].clone()
     with pytest.raises(ValueError, match=re.escape(key)):
         mnv3_fast.from_pretrained_state_dict(state_dict)
+
+
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("torchvision_large", "features.0.0.weight"),  # the first key: the layout is still recognised
+        ("torchvision_large", "features.4.block.1.1.running_var"),
+        ("timm_small_075", "conv_stem.weight"),
+        ("timm_small_075", "blocks.2.0.bn2.running_var"),
+        ("paper_large", "init_conv.0.weight"),
+        ("paper_large", "block.3.depthwise_conv.1.running_var"),
+        ("seed_small", "init_conv.0.weight"),
+        ("seed_small", "block.3.depth_conv.1.running_var"),
+    ],
+)
+@pytest.mark.parametrize("prefixed", [False, True], ids=["plain", "dataparallel"])
+def test_missing_key_is_named_as_the_checkpoint_spells_it(name, key, prefixed):
+    """Issue 14: a missing first key used to make the layout 'unrecognised'."""
+    state_dict = OrderedDict(CHECKPOINT_SOURCES[name]().state_dict())
+    del state_dict[key]
+    if prefixed:
+        state_dict, key = with_dataparallel_prefix(state_dict), "module." + key
+    with pytest.raises(ValueError, match=f"checkpoint: the checkpoint has no {re.escape(repr(key))}"):
+        mnv3_fast.from_pretrained_state_dict(state_dict)
+
+
+@pytest.mark.parametrize("mode", ["large", "small"])
+def test_dilated_torchvision_state_dict(mode):
+    """torchvision's dilated=True has the same keys and shapes: only the argument tells them apart."""
+    source = randomize_(getattr(torchvision.models, f"mobilenet_v3_{mode}")(dilated=True))
+    x = randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = source(x)
+        plain = mnv3_fast.from_pretrained_state_dict(source.state_dict())
+        assert (plain(x) - expected).abs().max() > 1e-3 * expected.abs().max()  # (loads, but computes another net)
+        dilated = mnv3_fast.from_pretrained_state_dict(source.state_dict(), dilated=True)
+        torch.testing.assert_close(dilated(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+        assert dilated.config == mnv3_fast.convert(source).config

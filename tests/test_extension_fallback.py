@@ -20,9 +20,9 @@ SCRIPT = textwrap.dedent(
     w, b = torch.randn(8, 1, 3, 3), torch.randn(8)
     y = ops.dw_conv_bn_act(x, w, b, stride=2, act="hswish")
     assert y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y, ops.reference.dw_conv_bn_act(x, w, b, 2, 1, 1, "hswish"))
+    torch.testing.assert_close(y, ops.reference_ops.dw_conv_bn_act(x, w, b, 2, 1, 1, "hswish"))
     w1, b1, w2, b2 = torch.randn(4, 8), torch.randn(4), torch.randn(8, 4), torch.randn(8)
-    torch.testing.assert_close(ops.squeeze_excite(x, w1, b1, w2, b2), ops.reference.squeeze_excite(x, w1, b1, w2, b2))
+    torch.testing.assert_close(ops.squeeze_excite(x, w1, b1, w2, b2), ops.reference_ops.squeeze_excite(x, w1, b1, w2, b2))
     torch.testing.assert_close(ops.hswish(x), torch.nn.functional.hardswish(x))
     torch.library.opcheck(torch.ops.mnv3.hswish.default, (x,))
     try:

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 import mnv3_fast
-from mnv3_fast import ops
+from mnv3_fast import backends, ops
 from mnv3_fast.ops import cpu_program as cp
-from mnv3_fast.ops import reference
+from mnv3_fast.ops import reference_ops
 
 from conftest import extension_required, randn
 
@@ -50,7 +50,7 @@ def every_instruction(N=2, C=12, H=11, W=9, dtype=torch.float32, layout="channel
     saved = y
     y = F.relu(F.conv2d(y, t[17], t[18]))
     y = F.relu(F.conv2d(y, t[2], t[3], 1, 2, groups=C))
-    y = reference.squeeze_excite(y, t[4], t[5], t[6], t[7])
+    y = reference_ops.squeeze_excite(y, t[4], t[5], t[6], t[7])
     y = F.conv2d(y, t[8]) + saved
     saved = y
     y = F.relu(F.conv2d(y, t[9], t[10])) + saved
@@ -143,8 +143,7 @@ def test_model_program_op_equals_interpreter(mode, variant):
     model = mnv3_fast.MobileNetV3(mode, variant=variant).eval()
     x = randn(2, 3, 64, 64, memory_format=torch.channels_last)
     with torch.no_grad():
-        model._fold_cache.refresh(model)
-        p = model._cpu_program(x)
+        p = backends.CPU_PROGRAM.program(model, x, backends.make_call(model, x))
         torch.testing.assert_close(cp.run_cpu_program(x, p.tensors, p.program),
                                    cp.run_cpu_program_reference(x, p.tensors, p.program), rtol=1e-5, atol=1e-6)
 
@@ -179,7 +178,12 @@ def test_bad_programs_and_inputs(run):
         f"STEM at position 0 names tensor 99, but there are {len(tensors)} tensors": [cp.STEM, 99] + program[2:],
         f"CONV at position {at[cp.CONV]} names tensor -1": program[:at[cp.CONV] + 1] + [-1] + program[at[cp.CONV] + 2:],
         f"DW at position {at[cp.DW]} has activation code 7": program[:at[cp.DW] + 6] + [7] + program[at[cp.DW] + 7:],
-        "expected the program to end with a LINEAR instruction": program + [cp.POOL],
+        "expected the program to end with a LINEAR instruction": program + [cp.ACT, 0],
+        # (issue 14: a LINEAR on an un-pooled 4-D value must raise, not compute something)
+        f"LINEAR at position {at[cp.POOL]} needs pooled \\(N, C\\) features: put a POOL before it":
+            program[:at[cp.POOL]] + program[at[cp.POOL] + 1:],
+        f"DW at position {at[cp.POOL] + 1} needs a 4-D value, but the value was pooled at position {at[cp.POOL]}":
+            program[:at[cp.POOL] + 1] + program[at[cp.DW]:at[cp.DW] + 7] + program[at[cp.POOL] + 1:],
         f"CONV at position {at['residual'] - 1} adds a residual, but no SAVE comes before it":
             [v for k, v in enumerate(program) if k != at[cp.SAVE]],
         f"LINEAR at position {last} declares 7 output features, but its weight has shape": program[:-1] + [7],

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnv3_fast import fold_bn, ops
-from mnv3_fast.ops import reference
+from mnv3_fast.ops import reference_ops
 
-from conftest import CPU_DTYPES, MEMORY_FORMATS, assert_matches_reference, randn
+from conftest import CPU_DTYPES, MEMORY_FORMATS, assert_close, randn
 
 ACTS = ("none", "relu", "hswish")
 
@@ -32,10 +32,10 @@ def check(x, weight, bias, stride, dilation, act, padding=None):
     padding = (k - 1) // 2 * dilation if padding is None else padding
     out = torch.ops.mnv3.dw_conv_bn_act(x, weight, bias, stride, padding, dilation, act)
     b64 = None if bias is None else bias.double()
-    expected = reference.dw_conv_bn_act(x.double(), weight.double(), b64, stride, padding, dilation, act)
+    expected = reference_ops.dw_conv_bn_act(x.double(), weight.double(), b64, stride, padding, dilation, act)
     assert out.shape == expected.shape
-    assert out.is_contiguous(memory_format=reference.output_memory_format(x))
-    assert_matches_reference(out, expected, x.dtype)
+    assert out.is_contiguous(memory_format=reference_ops.output_memory_format(x))
+    assert_close(out, expected, x.dtype)
     return out
 
 
@@ -63,7 +63,7 @@ def test_every_configuration(poison_outputs, k, stride, dilation, act, memory_fo
 def test_padding_and_bias_variants(poison_outputs, memory_format):
     x, w, b = make_args(2, 24, 10, 11, 3, memory_format=memory_format)
     check(x, w, None, 1, 1, "relu")  # bias None
-    for padding in (0, 2, 3):  # "valid", larger than needed
+    for padding in (0, 2):  # "valid", "full" (the most the op takes: dilation * (k - 1))
         check(x, w, b, 2, 1, "hswish", padding=padding)
 
 
@@ -165,7 +165,11 @@ BAD_INPUTS = [
     (lambda x, w, b: (x, torch.randn(8, 1, 7, 7), b, 1, 3, 1, "relu"), ValueError, "3x3 or 5x5 kernel, got 7x7"),
     (lambda x, w, b: (x, w, b, 3, 1, 1, "relu"), ValueError, "stride 1 or 2, got 3"),
     (lambda x, w, b: (x, w, b, 1, 1, 3, "relu"), ValueError, "dilation 1 or 2, got 3"),
-    (lambda x, w, b: (x, w, b, 1, -1, 1, "relu"), ValueError, "padding >= 0, got -1"),
+    (lambda x, w, b: (x, w, b, 1, -1, 1, "relu"), ValueError, r"0 <= padding <= 2 \(dilation \* \(k - 1\)\) .* got -1"),
+    (lambda x, w, b: (x, w, b, 1, 3, 1, "relu"), ValueError, r"0 <= padding <= 2 .* got 3"),
+    (lambda x, w, b: (x, w, b, 2, 2**63 - 1, 1, "relu"), ValueError, r"0 <= padding <= 2 .* got 9223372036854775807"),
+    # (issue 14: C++ division truncated a negative numerator to an output of 1x1)
+    (lambda x, w, b: (x[:, :, :2, :2], w, b, 2, 0, 1, "none"), ValueError, "too small"),
     (lambda x, w, b: (x, w, b, 1, 1, 1, "gelu"), ValueError, "'none', 'relu', 'hswish', got '?gelu'?"),
     (lambda x, w, b: (x, w.double(), b, 1, 1, 1, "relu"), TypeError, "weight to have the same dtype as x"),
     (lambda x, w, b: (x.half(), w.half(), b.half(), 1, 1, 1, "relu"), TypeError, "bfloat16 on the CPU, got (Half|torch.float16)"),
@@ -182,4 +186,4 @@ def test_bad_input_gets_a_clear_error(make_bad, error, match):
     with pytest.raises(error, match=match):
         torch.ops.mnv3.dw_conv_bn_act(*args)
     with pytest.raises(error, match=match):  # the reference (and so the fallback) says the same
-        reference.dw_conv_bn_act(*args)
+        reference_ops.dw_conv_bn_act(*args)

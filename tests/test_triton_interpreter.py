@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from mnv3_fast.ops import reference
+from mnv3_fast.ops import reference_ops
 
 from conftest import MEMORY_FORMATS, TOLERANCES, randn
 
@@ -39,7 +39,7 @@ def test_activations(name, dtype):
     for x in (base, base.to(memory_format=torch.channels_last), base[:, ::2, 1:], base[0, 0, :, 3]):
         out = getattr(tt, name)(x)
         assert out.shape == x.shape
-        assert_close(out, getattr(reference, name)(x.double()), dtype)
+        assert_close(out, getattr(reference_ops, name)(x.double()), dtype)
     nan = torch.tensor([float("nan"), 1.0], dtype=dtype)
     assert getattr(tt, name)(nan)[0].isnan()
 
@@ -52,8 +52,8 @@ def dw_args(N, C, H, W, k, dtype, memory_format, seed=0):
 def check_dw(x, w, b, stride, dilation, act):
     pad = (w.shape[-1] - 1) // 2 * dilation
     out = tt.dw_conv_bn_act(x, w, b, stride, pad, dilation, act)
-    expected = reference.dw_conv_bn_act(x.double(), w.double(), None if b is None else b.double(), stride, pad, dilation, act)
-    assert out.is_contiguous(memory_format=reference.output_memory_format(x))
+    expected = reference_ops.dw_conv_bn_act(x.double(), w.double(), None if b is None else b.double(), stride, pad, dilation, act)
+    assert out.is_contiguous(memory_format=reference_ops.output_memory_format(x))
     assert_close(out, expected, x.dtype)
     return out
 
@@ -86,7 +86,7 @@ def test_dw_conv_pool_sums_feed_squeeze_excite(memory_format):
     torch.testing.assert_close(sums, out.double().sum(dim=(2, 3)).float(), rtol=1e-5, atol=1e-4)
     w1, b1, w2, b2 = randn(8, 16, seed=5), randn(8, seed=6), randn(16, 8, seed=7), randn(16, seed=8)
     fused = tt.squeeze_excite(out, w1, b1, w2, b2, pool_sums=sums)
-    assert_close(fused, reference.squeeze_excite(out.double(), w1.double(), b1.double(), w2.double(), b2.double()),
+    assert_close(fused, reference_ops.squeeze_excite(out.double(), w1.double(), b1.double(), w2.double(), b2.double()),
                  torch.float32)
 
 
@@ -103,15 +103,15 @@ def se_args(N, C, S, H, W, dtype, memory_format, seed=0):
 def test_squeeze_excite(N, C, S, H, W, memory_format, dtype):
     args = se_args(N, C, S, H, W, dtype, memory_format, seed=C)
     out = tt.squeeze_excite(*args)
-    assert out.is_contiguous(memory_format=reference.output_memory_format(args[0]))
-    assert_close(out, reference.squeeze_excite(*(a.double() for a in args)), dtype)
+    assert out.is_contiguous(memory_format=reference_ops.output_memory_format(args[0]))
+    assert_close(out, reference_ops.squeeze_excite(*(a.double() for a in args)), dtype)
 
 
 def test_squeeze_excite_sliced_and_empty():
     x, w1, b1, w2, b2 = se_args(2, 16, 8, 10, 12, torch.float32, torch.contiguous_format)
     sliced = x[:, :, 1::2, 3:]
     assert_close(tt.squeeze_excite(sliced, w1, b1, w2, b2),
-                 reference.squeeze_excite(sliced.double(), w1.double(), b1.double(), w2.double(), b2.double()),
+                 reference_ops.squeeze_excite(sliced.double(), w1.double(), b1.double(), w2.double(), b2.double()),
                  torch.float32)
     assert tt.squeeze_excite(x[:0], w1, b1, w2, b2).shape == (0, 16, 10, 12)
 

@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from mnv3_fast.ops import reference
+from mnv3_fast.ops import reference_ops
 
 from conftest import TOLERANCES, randn
 
@@ -74,7 +74,7 @@ def pw_inputs(N, C, H, W, cout, memory_format, dtype, mode, seed=0):
 def pw_expected(x, w, b, act, res, gate, pool):
     if gate is not None:  # the kernel rounds the gated input to x's dtype, as a separate SE op's output is
         x = rounded(x.double() * gate.double()[:, :, None, None], x.dtype)
-    return reference.pw_conv_bn_act(d(x), d(w), d(b), act, d(res), None, pool)
+    return reference_ops.pw_conv_bn_act(d(x), d(w), d(b), act, d(res), None, pool)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -102,7 +102,7 @@ def test_pw_conv_gate_in_x_dtype_strided_weight_and_sliced_input():
     assert_close(tt.pw_conv_bn_act(x, w_t, b, "relu"), pw_expected(x, w, b, "relu", None, None, False), torch.float16)
     sliced = randn(2, 24, 12, 12, seed=5)[:, :, 1::2, 2:10]
     assert_close(tt.pw_conv_bn_act(sliced, w.float(), b.float(), "none"),
-                 reference.pw_conv_bn_act(d(sliced), d(w), d(b), "none"), torch.float32)
+                 reference_ops.pw_conv_bn_act(d(sliced), d(w), d(b), "none"), torch.float32)
 
 
 def test_pw_conv_nan_in_nan_out_and_deterministic_pool():
@@ -123,7 +123,7 @@ def test_pw_conv_edge_sizes():
     x, w, b, _, _ = pw_inputs(2, 8, 3, 3, 5, CL, torch.float32, "plain")
     assert tt.pw_conv_bn_act(x[:0], w, b, "relu").shape == (0, 5, 3, 3)
     no_channels = tt.pw_conv_bn_act(x[:, :0], w[:, :0], b, "hswish")  # the conv is its bias
-    assert_close(no_channels, reference.hswish(d(b))[None, :, None, None].expand(2, 5, 3, 3), torch.float32)
+    assert_close(no_channels, reference_ops.hswish(d(b))[None, :, None, None].expand(2, 5, 3, 3), torch.float32)
 
 
 # ---------------------------------------------------------------- stem
@@ -139,7 +139,7 @@ def test_stem_conv(layout, act, dtype):
         w, b = randn(cout, 3, k, k, dtype=dtype, seed=1, scale=0.3), randn(cout, dtype=dtype, seed=2)
         out = tt.stem_conv(x, w, b, stride, k // 2, act)
         assert out.is_contiguous(memory_format=CL)
-        assert_close(out, reference.stem_conv(d(x), d(w), d(b), stride, k // 2, act), dtype)
+        assert_close(out, reference_ops.stem_conv(d(x), d(w), d(b), stride, k // 2, act), dtype)
 
 
 def test_stem_conv_nan_and_no_bias():
@@ -150,7 +150,7 @@ def test_stem_conv_nan_and_no_bias():
     nan = out.isnan()
     assert nan[0, :, 2, 2].all() and nan.sum() == 16  # only the one output pixel whose window holds it
     x[0, 1, 4, 4] = 0.5
-    assert_close(tt.stem_conv(x, w, None, 2, 1, "relu"), reference.stem_conv(d(x), d(w), None, 2, 1, "relu"),
+    assert_close(tt.stem_conv(x, w, None, 2, 1, "relu"), reference_ops.stem_conv(d(x), d(w), None, 2, 1, "relu"),
                  torch.float16)
 
 
@@ -171,7 +171,7 @@ def test_dw_conv_channels_last_tiles_and_partial_sums(C, k, stride, dtype):
     out = torch.empty(N, C, Ho, Ho, dtype=dtype, memory_format=CL)
     partials = dw_module.new_partials(out)
     dw_module.launch(x, w_kkc, b, out, partials, stride, k // 2, 1, "hswish")
-    assert_close(out, reference.dw_conv_bn_act(d(x), d(w), d(b), stride, k // 2, 1, "hswish"), dtype)
+    assert_close(out, reference_ops.dw_conv_bn_act(d(x), d(w), d(b), stride, k // 2, 1, "hswish"), dtype)
     block_p = dw_module.tile(out)[0]
     flat = out.double().flatten(2)  # (N, C, pixels)
     pad = partials.shape[1] * block_p - flat.shape[2]
@@ -190,7 +190,7 @@ def test_dw_conv_strided_bias_is_read_through_its_stride():
     assert not bias.is_contiguous()
     for inp in (x, x.contiguous()):
         assert_close(tt.dw_conv_bn_act(inp, w, bias, 1, 1, 1, "relu"),
-                     reference.dw_conv_bn_act(d(inp), d(w), d(bias), 1, 1, 1, "relu"), torch.float32)
+                     reference_ops.dw_conv_bn_act(d(inp), d(w), d(bias), 1, 1, 1, "relu"), torch.float32)
 
 
 def test_dw_conv_return_sums_and_nan():
@@ -220,7 +220,7 @@ def test_se_gate(N, B, C, S, dtype):
     args = se_weights(C, S, dtype, seed=S)
     gate = tt.se_gate(sums, *args, 49)
     assert gate.dtype == torch.float32 and gate.shape == (N, C)
-    torch.testing.assert_close(gate.double(), reference.se_gate(d(sums), *(d(a) for a in args), 49),
+    torch.testing.assert_close(gate.double(), reference_ops.se_gate(d(sums), *(d(a) for a in args), 49),
                                rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(tt.se_gate(sums.sum(1), *args, 49), gate, rtol=1e-5, atol=1e-6)
 
@@ -231,7 +231,7 @@ def test_se_gate_nan_and_zero_squeeze_width():
     gate = tt.se_gate(sums, *se_weights(24, 6, torch.float32), 9)
     assert gate[1].isnan().all() and not gate[[0, 2]].isnan().any()
     w1, b1, w2, b2 = se_weights(24, 0, torch.float32)  # S = 0: the gate is hsigmoid(b2)
-    torch.testing.assert_close(tt.se_gate(sums, w1, b1, w2, b2, 9), reference.hsigmoid(b2).expand(3, 24))
+    torch.testing.assert_close(tt.se_gate(sums, w1, b1, w2, b2, 9), reference_ops.hsigmoid(b2).expand(3, 24))
 
 
 def test_squeeze_excite_zero_squeeze_width():
@@ -239,7 +239,7 @@ def test_squeeze_excite_zero_squeeze_width():
     x = randn(2, 8, 5, 5, memory_format=CL)
     w1, b1, w2, b2 = se_weights(8, 0, torch.float32)
     out = tt.squeeze_excite(x, w1, b1, w2, b2)
-    assert_close(out, reference.squeeze_excite(d(x), d(w1), d(b1), d(w2), d(b2)), torch.float32)
+    assert_close(out, reference_ops.squeeze_excite(d(x), d(w1), d(b1), d(w2), d(b2)), torch.float32)
 
 
 # ---------------------------------------------------------------- classifier head
@@ -253,7 +253,7 @@ def test_classifier_head(act, dtype):
         w2, b2 = randn(classes, hidden, dtype=dtype, seed=3, scale=hidden**-0.5), randn(classes, dtype=dtype, seed=4)
         out = tt.classifier_head(pooled, w1, b1, w2, None if N == 1 else b2, act)
         # The hidden activations are rounded to the dtype between the two linears, as in the reference model.
-        h = rounded(reference.activation(torch.nn.functional.linear(d(pooled), d(w1).flatten(1), d(b1)), act), dtype)
+        h = rounded(reference_ops.activation(torch.nn.functional.linear(d(pooled), d(w1).flatten(1), d(b1)), act), dtype)
         expected = torch.nn.functional.linear(d(h), d(w2), None if N == 1 else d(b2))
         assert_close(out, expected, dtype)
     pooled[0, 3] = float("nan")

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import torch
 
+# The activations the fused kernels apply, by name; a kernel's activation code is
+# the index in this tuple (C++: enum class Act and kActNames in
+# csrc/program_table.h; Triton: ACT_CODES), checked by the tests.
 ACTIVATIONS = ("none", "relu", "hswish")
 KERNEL_SIZES = (3, 5)
 STRIDES = (1, 2)
@@ -83,8 +86,10 @@ def check_dw_conv_args(x, weight, bias, stride, padding, dilation, act, dtypes=N
         raise ValueError(f"{op}: expected stride 1 or 2, got {stride}")
     if dilation not in DILATIONS:
         raise ValueError(f"{op}: expected dilation 1 or 2, got {dilation}")
-    if padding < 0:
-        raise ValueError(f"{op}: expected padding >= 0, got {padding}")
+    max_padding = dilation * (k - 1)
+    if not 0 <= padding <= max_padding:
+        raise ValueError(f"{op}: expected 0 <= padding <= {max_padding} (dilation * (k - 1)) for a {k}x{k} kernel "
+                         f"with dilation {dilation}, got {padding}")
     if bias is not None:
         check_same(op, x, "bias", bias)
         if not (bias.dim() == 1 and bias.shape[0] == C):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference_ops
 from ._checks import check_head_args
 from ._library import define_triton
 
@@ -21,7 +21,7 @@ def _fake(pooled, w1, b1, w2, b2, act):
 
 CLASSIFIER_HEAD = define_triton(
     "classifier_head(Tensor pooled, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, str act) -> Tensor",
-    reference.classifier_head,
+    reference_ops.classifier_head,
     _fake,
 )
 

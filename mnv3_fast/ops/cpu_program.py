@@ -13,7 +13,9 @@ reference (used when the extension is missing), and the stage-by-stage runner
 behind `MobileNetV3.feature_maps`.
 
 Instructions (opcode, then its arguments; tensor arguments index `tensors`,
--1 for "no bias"; acts are 0 none, 1 relu, 2 hswish):
+-1 for "no bias"; an activation code is an index into ACTIVATIONS: 0 none,
+1 relu, 2 hswish).  The table `OPCODES` below is the instruction set's source
+of truth:
 
     SAVE                                   keep the current value (a residual)
     CONV   weight bias stride pad act res  conv, act; res=1 adds the saved value
@@ -22,8 +24,9 @@ Instructions (opcode, then its arguments; tensor arguments index `tensors`,
     AFFINE scale shift                     per-channel x * scale + shift
     ACT    act
     MARK   stride                          a stage ends here (for feature maps)
-    POOL                                   global average pool: (N, C, H, W) -> (N, C)
-    LINEAR weight bias act out_features    on pooled features; must come last
+    POOL                                   global average pool: (N, C, H, W) -> (N, C);
+                                           after it only ACT and LINEAR
+    LINEAR weight bias act out_features    on pooled features; the program ends with one
     STEM   weight bias stride pad act      a conv over few input channels (the image),
                                            computed directly; any input layout in,
                                            channels_last out
@@ -32,47 +35,77 @@ Inference only: no autograd (the weights are packed copies).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_floating, check_rank4
+from ._checks import ACTIVATIONS, check_floating, check_rank4
 from .activations import activation
 from ._library import EXTENSION_ERROR, LIB, define
 
 OP = "mnv3::run_cpu_program"
 
-SAVE, CONV, DW, SE, AFFINE, ACT, MARK, POOL, LINEAR, STEM = range(10)
-NAMES = ("SAVE", "CONV", "DW", "SE", "AFFINE", "ACT", "MARK", "POOL", "LINEAR", "STEM")
-ARG_COUNTS = (0, 6, 6, 4, 2, 1, 1, 0, 4, 5)
-TENSOR_ARGS = ((), (0, 1), (0, 1), (0, 1, 2, 3), (0, 1), (), (), (), (0, 1), (0, 1))  # which arguments index `tensors`
-ACTS = ("none", "relu", "hswish")
+
+class Opcode(NamedTuple):
+    name: str
+    num_args: int
+    act_arg: int  # which argument is an activation code (-1: none)
+    tensor_args: tuple  # which arguments index `tensors`
+    optional_args: tuple = ()  # of those, which may be -1 (no bias)
+
+
+# The instruction set: the source of truth.  The C++ runner has its own copy
+# (csrc/program_table.h, exported as mnv3_fast._C.PROGRAM_TABLE); a test checks
+# that the two agree.  An opcode is its index here.
+OPCODES = (
+    Opcode("SAVE", 0, -1, ()),
+    Opcode("CONV", 6, 4, (0, 1), (1,)),
+    Opcode("DW", 6, 5, (0, 1), (1,)),
+    Opcode("SE", 4, -1, (0, 1, 2, 3)),
+    Opcode("AFFINE", 2, -1, (0, 1)),
+    Opcode("ACT", 1, 0, ()),
+    Opcode("MARK", 1, -1, ()),
+    Opcode("POOL", 0, -1, ()),
+    Opcode("LINEAR", 4, 2, (0, 1), (1,)),
+    Opcode("STEM", 5, 4, (0, 1), (1,)),
+)
+SAVE, CONV, DW, SE, AFFINE, ACT, MARK, POOL, LINEAR, STEM = range(len(OPCODES))
+ACTS = ACTIVATIONS  # an activation code is the index of its name
 # oneDNN's ReLU post-op turns NaN into 0 (hiding a bad input); its hard-swish
 # keeps NaN.  So ReLU runs after the conv, in place.
 ONEDNN_ATTR = ("none", "none", "hardswish")
+_ON_POOLED = (ACT, LINEAR)  # the instructions that take the pooled (N, C) value
 
 
 def decode(program: list, tensors: list) -> list:
     """[(opcode, args)] of a program, checked: known opcodes, whole instructions,
-    tensor indices in range, known activations, a SAVE before each residual, a
-    LINEAR's declared size matching its weight, a LINEAR last."""
-    out, i, saved = [], 0, False
+    tensor indices in range, known activations, a SAVE before each residual,
+    4-D instructions before the POOL and a LINEAR after it, a LINEAR's declared
+    size matching its weight, a LINEAR last."""
+    out, i, saved, pooled_at = [], 0, False, None
     num_tensors = len(tensors)
     while i < len(program):
         op = program[i]
-        if not 0 <= op < len(NAMES):
-            raise ValueError(f"{OP}: unknown opcode {op} at position {i} (expected 0..{len(NAMES) - 1})")
-        args = list(program[i + 1 : i + 1 + ARG_COUNTS[op]])
-        if len(args) != ARG_COUNTS[op]:
-            raise ValueError(f"{OP}: {NAMES[op]} at position {i} needs {ARG_COUNTS[op]} arguments, got {len(args)}")
-        for k in TENSOR_ARGS[op]:
-            optional = k == 1 and op in (CONV, DW, LINEAR, STEM)  # biases
-            if not (-1 if optional else 0) <= args[k] < num_tensors:
-                raise ValueError(f"{OP}: {NAMES[op]} at position {i} names tensor {args[k]}, "
+        if not 0 <= op < len(OPCODES):
+            raise ValueError(f"{OP}: unknown opcode {op} at position {i} (expected 0..{len(OPCODES) - 1})")
+        info = OPCODES[op]
+        args = list(program[i + 1 : i + 1 + info.num_args])
+        if len(args) != info.num_args:
+            raise ValueError(f"{OP}: {info.name} at position {i} needs {info.num_args} arguments, got {len(args)}")
+        for k in info.tensor_args:
+            if not (-1 if k in info.optional_args else 0) <= args[k] < num_tensors:
+                raise ValueError(f"{OP}: {info.name} at position {i} names tensor {args[k]}, "
                                  f"but there are {num_tensors} tensors")
-        act = {CONV: 4, DW: 5, ACT: 0, LINEAR: 2, STEM: 4}.get(op)
-        if act is not None and not 0 <= args[act] < len(ACTS):
-            raise ValueError(f"{OP}: {NAMES[op]} at position {i} has activation code {args[act]} "
+        if info.act_arg >= 0 and not 0 <= args[info.act_arg] < len(ACTS):
+            raise ValueError(f"{OP}: {info.name} at position {i} has activation code {args[info.act_arg]} "
                              f"(expected 0 none, 1 relu or 2 hswish)")
+        if pooled_at is not None and op not in _ON_POOLED:
+            raise ValueError(f"{OP}: {info.name} at position {i} needs a 4-D value, but the value was pooled "
+                             f"at position {pooled_at}")
+        if op == LINEAR and pooled_at is None:
+            raise ValueError(f"{OP}: LINEAR at position {i} needs pooled (N, C) features: put a POOL before it")
+        pooled_at = i if op == POOL else pooled_at
         saved = saved or op == SAVE
         if op == CONV and args[5] and not saved:
             raise ValueError(f"{OP}: CONV at position {i} adds a residual, but no SAVE comes before it")
@@ -80,7 +113,7 @@ def decode(program: list, tensors: list) -> list:
             raise ValueError(f"{OP}: LINEAR at position {i} declares {args[3]} output features, "
                              f"but its weight has shape {list(tensors[args[0]].shape)}")
         out.append((op, args))
-        i += 1 + ARG_COUNTS[op]
+        i += 1 + info.num_args
     if not out or out[-1][0] != LINEAR:
         raise ValueError(f"{OP}: expected the program to end with a LINEAR instruction")
     return out
@@ -129,8 +162,6 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
         elif op == SE:
             x = torch.ops.mnv3.squeeze_excite(x, *(tensors[i] for i in a))
         elif op == AFFINE:
-            if x.dim() != 4:
-                raise ValueError(f"{OP}: AFFINE needs a 4-D value, got shape {list(x.shape)}")
             x = x * tensors[a[0]][:, None, None] + tensors[a[1]][:, None, None]
         elif op == ACT:
             x = activation(x, ACTS[a[0]])

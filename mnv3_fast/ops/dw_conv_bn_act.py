@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference_ops
 from ._checks import check_dw_conv_args, output_memory_format
 from ._library import define
 
@@ -46,7 +46,7 @@ def _backward(ctx, grad):
 
 DW_CONV_BN_ACT = define(
     "dw_conv_bn_act(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, int dilation, str act) -> Tensor",
-    reference.dw_conv_bn_act,
+    reference_ops.dw_conv_bn_act,
     _fake,
 )
 torch.library.register_autograd(DW_CONV_BN_ACT, _backward, setup_context=_setup_context)

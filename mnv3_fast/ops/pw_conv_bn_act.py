@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference_ops
 from ._checks import check_pw_args, output_memory_format
 from ._library import define_triton
 
@@ -25,7 +25,7 @@ def _fake(x, weight, bias, act, residual=None, gate=None, pool=False):
 PW_CONV_BN_ACT = define_triton(
     "pw_conv_bn_act(Tensor x, Tensor weight, Tensor? bias, str act, Tensor? residual=None, Tensor? gate=None, "
     "bool pool=False) -> Tensor",
-    reference.pw_conv_bn_act,
+    reference_ops.pw_conv_bn_act,
     _fake,
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference_ops
 from ._checks import check_se_gate_args
 from ._library import define_triton
 
@@ -24,7 +24,7 @@ def _fake(sums, w1, b1, w2, b2, count):
 
 SE_GATE = define_triton(
     "se_gate(Tensor sums, Tensor w1, Tensor b1, Tensor w2, Tensor b2, int count) -> Tensor",
-    reference.se_gate,
+    reference_ops.se_gate,
     _fake,
     dtype_arg=1,
 )

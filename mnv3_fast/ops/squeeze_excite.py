@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference_ops
 from ._checks import check_se_args, output_memory_format
 from ._library import define
+from .activations import hsigmoid_backward
 
 
 def _fake(x, w1, b1, w2, b2):
@@ -32,10 +33,10 @@ def _backward(ctx, grad):
     hidden_pre = pooled @ W1.t() + b1
     hidden = torch.relu(hidden_pre)
     gate_pre = hidden @ W2.t() + b2
-    gate = reference.hsigmoid(gate_pre)
+    gate = reference_ops.hsigmoid(gate_pre)
 
     grad_gate = (grad * x).sum(dim=(2, 3))
-    grad_gate_pre = torch.ops.aten.hardsigmoid_backward(grad_gate, gate_pre)
+    grad_gate_pre = hsigmoid_backward(grad_gate, gate_pre)
     grad_w2 = grad_gate_pre.t() @ hidden
     grad_b2 = grad_gate_pre.sum(0)
     grad_hidden_pre = torch.ops.aten.threshold_backward(grad_gate_pre @ W2, hidden_pre, 0)
@@ -43,12 +44,19 @@ def _backward(ctx, grad):
     grad_b1 = grad_hidden_pre.sum(0)
     grad_pooled = grad_hidden_pre @ W1
     grad_x = grad * gate[:, :, None, None] + (grad_pooled / max(H * W, 1))[:, :, None, None]
-    return grad_x, grad_w1.reshape(w1.shape), grad_b1, grad_w2.reshape(w2.shape), grad_b2
+    return grad_x, _like_param(grad_w1, w1), grad_b1, _like_param(grad_w2, w2), grad_b2
+
+
+def _like_param(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`grad` in the parameter's shape and strides (a channels_last model's (C, S, 1, 1) weights are
+    channels_last; DDP warns when a gradient's strides differ from its parameter's)."""
+    grad = grad.reshape(param.shape)
+    return grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
 
 
 SQUEEZE_EXCITE = define(
     "squeeze_excite(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor",
-    reference.squeeze_excite,
+    reference_ops.squeeze_excite,
     _fake,
 )
 torch.library.register_autograd(SQUEEZE_EXCITE, _backward, setup_context=_setup_context)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference_ops
 from ._checks import check_stem_args
 from ._library import define_triton
 
@@ -21,7 +21,7 @@ def _fake(x, weight, bias, stride, padding, act):
 
 STEM_CONV = define_triton(
     "stem_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, str act) -> Tensor",
-    reference.stem_conv,
+    reference_ops.stem_conv,
     _fake,
 )
 

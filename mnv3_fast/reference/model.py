@@ -15,6 +15,7 @@ seed) rather than ``nn.Linear``; on a 1x1 map the two are the same operation.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ __all__ = [
     "HSigmoid",
     "SqueezeExcite",
     "SeedSqueezeBlock",
+    "BlockParts",
     "MobileBlock",
     "MobileNetV3",
     "mobilenet_v3_large",
@@ -63,12 +65,17 @@ def _global_avg_pool(x):
 class SqueezeExcite(nn.Module):
     """Paper squeeze-excite: pool, 1x1 conv down, ReLU, 1x1 conv up, hard sigmoid, rescale."""
 
+    FC_NAMES = ("reduce", "expand")  # the two FC layers, as state_dict prefixes
+
     def __init__(self, channels: int, squeeze_channels: int):
         super().__init__()
         self.reduce = nn.Conv2d(channels, squeeze_channels, 1, bias=True)
         self.relu = nn.ReLU()
         self.expand = nn.Conv2d(squeeze_channels, channels, 1, bias=True)
         self.gate = HSigmoid()
+
+    def fcs(self) -> tuple[nn.Conv2d, nn.Conv2d]:
+        return self.reduce, self.expand
 
     def forward(self, x):
         scale = self.gate(self.expand(self.relu(self.reduce(_global_avg_pool(x)))))
@@ -78,6 +85,8 @@ class SqueezeExcite(nn.Module):
 class SeedSqueezeBlock(nn.Module):
     """The seed's squeeze-excite: the same idea with ``nn.Linear`` layers on the pooled vector."""
 
+    FC_NAMES = ("dense.0", "dense.2")  # the two FC layers, as state_dict prefixes
+
     def __init__(self, channels: int, squeeze_channels: int):
         super().__init__()
         self.dense = nn.Sequential(
@@ -86,6 +95,9 @@ class SeedSqueezeBlock(nn.Module):
             nn.Linear(squeeze_channels, channels),
             HSigmoid(),
         )
+
+    def fcs(self) -> tuple[nn.Linear, nn.Linear]:
+        return self.dense[0], self.dense[2]
 
     def forward(self, x):
         pooled = _global_avg_pool(x).flatten(1)
@@ -109,6 +121,15 @@ def _depthwise_conv(cfg: BlockConfig, bias: bool) -> nn.Conv2d:
     )
 
 
+class BlockParts(NamedTuple):
+    """A block's four parts, whatever the variant calls them (None where absent)."""
+
+    expand: Optional[nn.Sequential]  # [1x1 conv, BN, act]
+    depthwise: nn.Sequential  # [kxk depthwise conv, BN, act?]
+    se: Optional[nn.Module]  # SqueezeExcite or SeedSqueezeBlock
+    project: nn.Sequential  # [1x1 conv, BN, act?]
+
+
 class MobileBlock(nn.Module):
     """Inverted residual block ("bneck") in the paper's or the seed's layout.
 
@@ -116,6 +137,12 @@ class MobileBlock(nn.Module):
     seed:  1x1 expand, BN, act -> kxk depthwise (bias), BN -> [SE] -> 1x1 project (bias), BN, act
     The input is added back when ``stride == 1`` and ``in == out`` in both layouts.
     """
+
+    # The attribute (and state_dict) name of each part, per variant.
+    PART_NAMES = {
+        "paper": BlockParts("expand_conv", "depthwise_conv", "squeeze_excite", "project_conv"),
+        "seed": BlockParts("conv", "depth_conv", "squeeze_block", "point_conv"),
+    }
 
     def __init__(self, cfg: BlockConfig, variant: str, bn_eps: float, bn_momentum: float):
         super().__init__()
@@ -163,18 +190,16 @@ class MobileBlock(nn.Module):
         else:
             raise ValueError(f"variant must be 'paper' or 'seed', got {variant!r}")
 
+    def parts(self) -> BlockParts:
+        return BlockParts(*(getattr(self, name) for name in self.PART_NAMES[self.variant]))
+
     def forward(self, x):
-        if self.variant == "paper":
-            out = x if self.expand_conv is None else self.expand_conv(x)
-            out = self.depthwise_conv(out)
-            if self.squeeze_excite is not None:
-                out = self.squeeze_excite(out)
-            out = self.project_conv(out)
-        else:
-            out = self.depth_conv(self.conv(x))
-            if self.squeeze_block is not None:
-                out = self.squeeze_block(out)
-            out = self.point_conv(out)
+        expand, depthwise, se, project = self.parts()
+        out = x if expand is None else expand(x)
+        out = depthwise(out)
+        if se is not None:
+            out = se(out)
+        out = project(out)
         return x + out if self.use_residual else out
 
 
@@ -189,6 +214,12 @@ def _check_input(x) -> None:
         raise ValueError(
             f"expected 3 input channels (N, 3, H, W), got {x.shape[1]} channels "
             f"in a tensor of shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        dtype = str(x.dtype).replace("torch.", "")
+        raise TypeError(
+            f"MobileNetV3 input must be a floating-point tensor (float32, bfloat16, float16 or float64), "
+            f"got {dtype}; convert and normalise images first (e.g. x.float() / 255)"
         )
 
 

@@ -35,7 +35,7 @@ def programs(modes=MODELS, dtypes=DTYPES):
     """(mode, dtype name, prepared program) for each model and dtype (random weights: the
     variants depend on shapes and dtypes only)."""
     from ... import reference
-    from ...model import build_plan
+    from ...plan import build_plan
     from .program import prepare
 
     for mode in modes:

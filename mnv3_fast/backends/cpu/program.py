@@ -1,0 +1,153 @@
+"""Lowering a folded plan to a CPU program: the 1x1 convs and the head packed for
+oneDNN, then the whole network encoded for `mnv3::run_cpu_program`.
+
+The 1x1 convs (expand, project, last stage) run as oneDNN convolutions with
+weights pre-packed once into oneDNN's blocked layout, the activation and the
+residual add fused in as post-ops (the ATen ops torch.compile's CPU backend
+uses).  ATen's own conv2d picks a slow fallback for many of MobileNetV3's 1x1
+shapes in channels_last, and re-packs the weights on every call.  Everything
+runs channels_last.  The instruction set is `mnv3_fast.ops.cpu_program`'s.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+from ...ops import cpu_program as isa
+from ...ops._checks import conv_output_size
+from ...plan import ConvStep, DwStep, LastStagePlan, Plan, SeStep
+
+HAS_ONEDNN = torch.backends.mkldnn.is_available() and all(
+    hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise", "_reorder_convolution_weight",
+                                             "_linear_pointwise", "_reorder_linear_weight"))
+
+
+class PackedConv(NamedTuple):
+    weight: torch.Tensor  # pre-packed for one input size
+    bias: Optional[torch.Tensor]
+    stride: int
+    padding: int
+    act: str  # "none", "relu" or "hswish" (applied before the residual add, if any)
+
+
+class PackedBlock(NamedTuple):
+    expand: Optional[PackedConv]
+    depthwise: DwStep
+    se: Optional[SeStep]
+    project: PackedConv
+    residual: bool
+
+
+class PackedLinear(NamedTuple):
+    weight: torch.Tensor  # pre-packed for one batch size
+    bias: Optional[torch.Tensor]
+    act: str
+
+
+class PackedPlan(NamedTuple):
+    stem: ConvStep  # not packed: run_cpu_program computes it directly (3 input channels)
+    blocks: tuple
+    last: LastStagePlan  # for what follows its conv (SE, BN affine, activation); the conv is last_conv
+    last_conv: PackedConv
+    head: PackedLinear  # on the pooled features the head's 1x1 convs are matrix products
+    classifier: PackedLinear
+
+
+class CpuProgram(NamedTuple):
+    """A packed plan encoded for `mnv3::run_cpu_program`."""
+
+    tensors: list
+    program: list
+    stages: int  # MARKs: the stem, each block, the last stage
+
+
+def conv_shapes(plan: Plan, shape: list):
+    """Yields (step, input shape, output shape) of every conv in network order (the stem, each
+    block's expand, depthwise and project convs, the last stage's conv), for inputs of `shape`."""
+    def conv(step):
+        nonlocal shape
+        k, dilation = step.weight.shape[-1], getattr(step, "dilation", 1)
+        out = shape[:1] + [step.weight.shape[0]] + [
+            conv_output_size(v, k, step.stride, step.padding, dilation) for v in shape[2:]]
+        yield step, shape, out
+        shape = out
+
+    yield from conv(plan.stem)
+    for b in plan.blocks:
+        if b.expand is not None:
+            yield from conv(b.expand)
+        yield from conv(b.depthwise)
+        yield from conv(b.project)
+    yield from conv(plan.last.conv)
+
+
+def pack_plan(plan: Plan, shape: list) -> PackedPlan:
+    """The oneDNN-packed plan of a folded plan, for inputs of `shape` (N, 3, H, W)."""
+    input_shape = {id(step): in_shape for step, in_shape, _ in conv_shapes(plan, list(shape))}
+
+    def pack(step: ConvStep) -> PackedConv:
+        p, s = step.padding, step.stride
+        weight = torch.ops.mkldnn._reorder_convolution_weight(step.weight, [p, p], [s, s], [1, 1], 1,
+                                                              input_shape[id(step)])
+        return PackedConv(weight, step.bias, s, p, step.act)
+
+    def linear(step: ConvStep) -> PackedLinear:
+        weight = torch.ops.mkldnn._reorder_linear_weight(step.weight.flatten(1), shape[0])
+        return PackedLinear(weight, step.bias, step.act)
+
+    blocks = tuple(PackedBlock(None if b.expand is None else pack(b.expand), b.depthwise, b.se, pack(b.project),
+                               b.residual) for b in plan.blocks)
+    return PackedPlan(plan.stem, blocks, plan.last, pack(plan.last.conv), linear(plan.head), linear(plan.classifier))
+
+
+def activation_peak(plan: Plan, shape: list) -> int:
+    """The most elements (per image) any one conv reads plus writes, for inputs of `shape` (C, H, W)."""
+    return max(math.prod(i[1:]) + math.prod(o[1:]) for _, i, o in conv_shapes(plan, [1] + list(shape)))
+
+
+def encode_program(plan: PackedPlan) -> CpuProgram:
+    tensors, program = [], []
+
+    def tensor(t: Optional[torch.Tensor]) -> int:
+        if t is None:
+            return -1
+        tensors.append(t)
+        return len(tensors) - 1
+
+    def act(name: str) -> int:
+        return isa.ACTS.index(name)
+
+    def conv(c: PackedConv, residual: bool = False):
+        program.extend([isa.CONV, tensor(c.weight), tensor(c.bias), c.stride, c.padding, act(c.act), int(residual)])
+
+    def se(s: Optional[SeStep]):
+        if s is not None:
+            program.extend([isa.SE, *(tensor(t) for t in s)])
+
+    def linear(lin: PackedLinear):
+        program.extend([isa.LINEAR, tensor(lin.weight), tensor(lin.bias), act(lin.act), lin.weight.shape[0]])
+
+    stem = plan.stem
+    program.extend([isa.STEM, tensor(stem.weight), tensor(stem.bias), stem.stride, stem.padding, act(stem.act),
+                    isa.MARK, stem.stride])
+    for b in plan.blocks:
+        if b.residual:
+            program.append(isa.SAVE)
+        if b.expand is not None:
+            conv(b.expand)
+        dw = b.depthwise
+        program.extend([isa.DW, tensor(dw.weight), tensor(dw.bias), dw.stride, dw.padding, dw.dilation, act(dw.act)])
+        se(b.se)
+        conv(b.project, b.residual)
+        program.extend([isa.MARK, dw.stride])
+    conv(plan.last_conv)
+    last = plan.last
+    se(last.se)
+    if last.bn_scale is not None:
+        program.extend([isa.AFFINE, tensor(last.bn_scale), tensor(last.bn_shift)])
+    program.extend([isa.ACT, act(last.act), isa.MARK, 1, isa.POOL])
+    linear(plan.head)
+    linear(plan.classifier)
+    return CpuProgram(tensors, program, len(plan.blocks) + 2)

@@ -1,0 +1,4 @@
+"""The CUDA backend (see backend.py)."""
+from .backend import CudaBackend
+
+__all__ = ["CudaBackend"]
