@@ -141,7 +141,7 @@ class PlanCache:
     #: dtype; "cpu_program": packed, encoded CPU programs, one per (dtype, input shape), each holding a
     #: copy of the weights; "cpu_peak": the activation peak per image shape (a number).
     #: "checks": per-state answers of the backends' checks (strings).
-    BOUNDS = {"folded": 4, "cpu_program": 8, "cpu_peak": 64, "checks": 8}
+    BOUNDS = {"folded": 4, "cpu_program": 8, "cpu_peak": 64, "checks": 8, "cuda_program": 4, "cuda_graph": 4}
 
     def __init__(self):
         self._lock = threading.Lock()
