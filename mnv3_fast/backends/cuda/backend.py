@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ... import ops
-from ..base import Backend, dtype_name, folded_plan, layer_reasons, model_reasons
+from ..base import Backend, dtype_name, folded_plan, inference_reasons, layer_reasons, model_reasons
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -48,11 +48,7 @@ class CudaBackend(Backend):
         if call.dtype not in DTYPES:
             reasons.append(f"{dtype_name(call.dtype)}: the Triton kernels compute in float16, bfloat16 or float32 "
                            "(the generic path runs it)")
-        if call.training:
-            reasons.append("the model is in train mode (the CUDA program is inference only)")
-        if call.grad:
-            reasons.append("gradients are needed (grad mode is on and the input or a weight requires grad), "
-                           "and the CUDA program has no autograd")
+        reasons += inference_reasons(call, "the CUDA program")
         if call.empty:
             reasons.append("the batch is empty")
         if reasons:
