@@ -6,6 +6,9 @@ launches, compiled for an NVIDIA target, with their resource usage.
     for kernel in unique_kernels(launches):
         print(kernel.name, resources(kernel))   # registers, stack (spills), shared memory
 
+    with record_launches() as launches:     # no compiling either: the launches and their arguments
+        some_launcher(cpu_tensors...)
+
 A stand-in for Triton's CUDA driver answers the questions the JIT asks (target,
 device, stream, device properties) and takes the launch without running
 anything, so the launchers run unchanged on CPU tensors: the variants compiled
@@ -103,6 +106,33 @@ def compile_only(arch: int) -> Iterator[list]:
     finally:
         JITFunction.run = original_run
         _driver._active = previous  # (reset_active() would create the real driver, which needs a GPU)
+
+
+class Recorded(NamedTuple):
+    name: str  # the kernel's name
+    grid: tuple | None
+    args: tuple  # the positional arguments (tensors as passed)
+    kwargs: dict  # constexprs and launch options
+
+
+@contextlib.contextmanager
+def record_launches() -> Iterator[list]:
+    """Within the block Triton launches are only recorded (kernel, grid, arguments): nothing
+    compiles or runs, no driver is needed.  For counting launches and the bytes they move
+    (benchmarks/gpu_model.py); the launchers must not use what a launch returns."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("record_launches needs the Triton interpreter off (TRITON_INTERPRET=1 is set)")
+    launches: list = []
+    original_run = JITFunction.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        launches.append(Recorded(self.__name__, None if callable(grid) else tuple(grid), args, kwargs))
+
+    JITFunction.run = run
+    try:
+        yield launches
+    finally:
+        JITFunction.run = original_run
 
 
 def unique_kernels(launches: list) -> list:
