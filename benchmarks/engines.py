@@ -92,10 +92,15 @@ def eager(models: Models, dtype: torch.dtype, memory_format=torch.contiguous_for
     return Engine(name, run)
 
 
-def fast(models: Models, dtype: torch.dtype, memory_format=torch.contiguous_format, name="mnv3_fast") -> Engine:
-    model = _cast(mnv3_fast.convert(models.reference), dtype, memory_format)
+def fast(models: Models, dtype: torch.dtype, memory_format=torch.contiguous_format, name="mnv3_fast",
+         graphs: bool = False) -> Engine:
+    if graphs and models.device != "cuda":
+        raise EngineUnavailable("CUDA graphs need a CUDA device")
+    model = _cast(mnv3_fast.convert(models.reference), dtype, memory_format).cuda_graphs(graphs)
     notes = [] if mnv3_fast.ops.HAS_CPU_KERNELS or models.device != "cpu" else [
         f"C++ kernels missing ({mnv3_fast.ops.EXTENSION_ERROR}): PyTorch fallbacks"]
+    if graphs:
+        notes.append("model.cuda_graphs(True): the backend's own graph per input shape")
 
     def run(x):
         with torch.inference_mode():
@@ -207,7 +212,9 @@ def cuda_graph(engine: Engine, example: torch.Tensor) -> Engine:
     return Engine(engine.name + " +cudagraph", run, notes=engine.notes + ["CUDA graph replay"])
 
 
-ALL_ENGINES = ("eager", "eager_cl", "fast", "fast_cl", "compile", "onnxruntime", "openvino", "torchvision")
+ALL_ENGINES = ("eager", "eager_cl", "fast", "fast_cl", "fast_graphs", "compile", "compile_max", "onnxruntime", "openvino",
+               "torchvision")
+COMPILE_ENGINES = ("compile", "compile_max")
 
 
 def build(key: str, models: Models, dtype: torch.dtype, compile_mode=None) -> Engine:
@@ -220,8 +227,12 @@ def build(key: str, models: Models, dtype: torch.dtype, compile_mode=None) -> En
         return fast(models, dtype, name="mnv3_fast (NCHW)")
     if key == "fast_cl":
         return fast(models, dtype, cl, name="mnv3_fast (channels_last)")
+    if key == "fast_graphs":
+        return fast(models, dtype, cl, name="mnv3_fast (channels_last, CUDA graphs)", graphs=True)
     if key == "compile":
         return compiled(models, dtype, cl, compile_mode, name="torch.compile" + (f" ({compile_mode})" if compile_mode else ""))
+    if key == "compile_max":
+        return compiled(models, dtype, cl, "max-autotune", name="torch.compile (max-autotune)")
     if key == "onnxruntime":
         return onnxruntime_engine(models, dtype)
     if key == "openvino":

@@ -4,6 +4,8 @@ ONNX Runtime, OpenVINO and torchvision, same weights, same inputs, one process.
     python benchmarks/run.py                       # CPU: Large and Small, batch 1 and 32, fp32
     python benchmarks/run.py --no-compile --arch small --batch 1
     python benchmarks/run.py --device cuda         # batch 1, 32, 256; fp32 and fp16; channels_last
+    python benchmarks/run.py --device cuda --engines eager,eager_cl,compile,compile_max,fast_cl,fast_graphs \
+        --compile-budget-s 150 --max-autotune-batches 256      # what benchmarks/gpu_check.sh runs
     python benchmarks/run.py --quick               # a fast smoke run
 
 Each cell is the median over interleaved repeats (every engine takes one
@@ -43,7 +45,12 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timed samples per engine and cell (default 7)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile time is long on small CPUs)")
     p.add_argument("--max-autotune", action="store_true", help="torch.compile with mode='max-autotune' (CUDA)")
-    p.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: skip the CUDA-graph rows at batch 1")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: skip eager's CUDA-graph rows at batch 1")
+    p.add_argument("--compile-budget-s", type=float, default=None,
+                   help="seconds of torch.compile first calls (compilation) allowed in the whole run; once spent, "
+                        "the remaining compile engines are skipped and listed as such")
+    p.add_argument("--max-autotune-batches", default=None,
+                   help="comma-separated batch sizes at which the compile_max engine runs (default: all)")
     p.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up: a smoke run, not a measurement")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<date>-<device>/)")
     args = p.parse_args(argv)
@@ -58,6 +65,10 @@ def parse_args(argv=None):
         if a not in ("large", "small"):
             p.error(f"unknown arch {a!r}; choose from large, small")
     args.engines = [e.strip() for e in args.engines.split(",")]
+    args.max_autotune_batches = (None if args.max_autotune_batches is None
+                                 else [int(b) for b in args.max_autotune_batches.split(",")])
+    args.compile_spent_s = 0.0
+    args.skipped = []
     if args.no_compile:
         args.engines = [e for e in args.engines if e != "compile"]
     args.repeats = args.repeats or (3 if args.quick else 7)
@@ -99,6 +110,16 @@ def measure_cell(arch, dtype_name, batch, args, models, bar):
         expected = models.reference(x).float()
     built, rows = {}, []
     for key in args.engines:
+        if key in E.COMPILE_ENGINES:
+            why = None
+            if key == "compile_max" and args.max_autotune_batches is not None and batch not in args.max_autotune_batches:
+                why = f"not at batch {batch} (--max-autotune-batches {','.join(map(str, args.max_autotune_batches))})"
+            elif args.compile_budget_s is not None and args.compile_spent_s >= args.compile_budget_s:
+                why = f"the compile budget ({args.compile_budget_s:.0f} s) is spent"
+            if why:
+                args.skipped.append(f"{arch} {dtype_name} b{batch} {key}: {why}")
+                bar.write(f"  {arch} {dtype_name} b{batch}: skipping {key}: {why}")
+                continue
         try:
             engine = E.build(key, models, dtype, "max-autotune" if args.max_autotune else None)
             start = time.perf_counter()
@@ -106,8 +127,10 @@ def measure_cell(arch, dtype_name, batch, args, models, bar):
             if args.device == "cuda":
                 torch.cuda.synchronize()
             first_call_s = time.perf_counter() - start
+            if key in E.COMPILE_ENGINES:
+                args.compile_spent_s += first_call_s
             built[engine.name] = engine
-            if args.device == "cuda" and batch == 1 and key in ("eager", "fast", "fast_cl") and not args.no_cuda_graphs:
+            if args.device == "cuda" and batch == 1 and key in ("eager", "eager_cl") and not args.no_cuda_graphs:
                 graphed = E.cuda_graph(engine, x)
                 built[graphed.name] = graphed
             rows.append(dict(engine=engine.name, first_call_s=first_call_s, setup_s=engine.setup_s, notes=engine.notes,
@@ -152,6 +175,8 @@ def markdown(rows, env, args):
     notes = sorted({f"{r['engine']}: {n}" for r in rows for n in r["notes"]})
     if notes:
         lines += ["", "Engine settings: " + "; ".join(notes) + "."]
+    if getattr(args, "skipped", None):
+        lines += ["", "Not measured: " + "; ".join(args.skipped) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -203,7 +228,7 @@ def main(argv=None):
                                    f"{datetime.date.today().isoformat()}-{args.device}")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"environment": env, "rows": rows}, f, indent=1)
+        json.dump({"environment": env, "rows": rows, "skipped": args.skipped}, f, indent=1)
     table = markdown(rows, env, args)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table)
