@@ -27,6 +27,9 @@
 #define MNV3_UNROLL(n)
 #endif
 
+#define MNV3_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
 namespace mnv3 {
 
 using at::Tensor;
@@ -129,41 +132,47 @@ struct VecIO {
   using Vec = at::vec::Vectorized<acc_t>;
   static constexpr int64_t kSize = Vec::size();
 
+  static Vec load(const scalar_t* p) { return Vec::loadu(p); }
+  static Vec load(const scalar_t* p, int64_t n) { return Vec::loadu(p, n); }
+  static void store(scalar_t* p, const Vec& v) { v.store(p); }
+  static void store(scalar_t* p, const Vec& v, int64_t n) { v.store(p, n); }
+};
+
+// bf16 memory as fp32 vectors: converted in registers (a widening shift in,
+// round-to-nearest-even out), not element by element through a buffer, which
+// made the bf16 kernels slower than the fp32 ones.
+template <>
+struct VecIO<c10::BFloat16> {
+  using scalar_t = c10::BFloat16;
+  using acc_t = float;
+  using Vec = at::vec::Vectorized<float>;
+  static constexpr int64_t kSize = Vec::size();
+
   static Vec load(const scalar_t* p) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      return Vec::loadu(p);
-    } else {
-      acc_t tmp[kSize];
-      for (int64_t i = 0; i < kSize; ++i) tmp[i] = static_cast<acc_t>(p[i]);
-      return Vec::loadu(tmp);
-    }
+    Vec v;
+    at::vec::load_fp32_from_bf16(p, v);
+    return v;
   }
   static Vec load(const scalar_t* p, int64_t n) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      return Vec::loadu(p, n);
-    } else {
-      acc_t tmp[kSize] = {};
-      for (int64_t i = 0; i < n; ++i) tmp[i] = static_cast<acc_t>(p[i]);
-      return Vec::loadu(tmp);
-    }
+    scalar_t tmp[kSize] = {};
+    std::copy(p, p + n, tmp);
+    return load(tmp);
   }
   static void store(scalar_t* p, const Vec& v) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      v.store(p);
-    } else {
-      acc_t tmp[kSize];
-      v.store(tmp);
-      for (int64_t i = 0; i < kSize; ++i) p[i] = static_cast<scalar_t>(tmp[i]);
-    }
+#if defined(CPU_CAPABILITY_AVX512)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_bf16(__m512(v)));
+#elif defined(CPU_CAPABILITY_AVX2)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_bf16(__m256(v)));
+#else
+    float tmp[kSize];
+    v.store(tmp);
+    for (int64_t i = 0; i < kSize; ++i) p[i] = static_cast<scalar_t>(tmp[i]);
+#endif
   }
   static void store(scalar_t* p, const Vec& v, int64_t n) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      v.store(p, n);
-    } else {
-      acc_t tmp[kSize];
-      v.store(tmp);
-      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<scalar_t>(tmp[i]);
-    }
+    scalar_t tmp[kSize];
+    store(tmp, v);
+    std::copy(tmp, tmp + n, p);
   }
 };
 
@@ -179,20 +188,30 @@ inline T hsum(const at::vec::Vectorized<T>& v) {
 
 // A tensor's values in the accumulation type, without tensor ops (they cost
 // more than the work at batch 1): its own data when it already is contiguous
-// acc_t, else a converted copy kept in `storage`.
-template <typename acc_t, typename scalar_t>
+// acc_t, else a converted copy kept in `storage`.  (The CPU program keeps the
+// depthwise and SE parameters in fp32 for bf16 activations: no conversion.)
+template <typename acc_t>
 const acc_t* acc_data(const Tensor& t, std::vector<acc_t>& storage) {
-  if constexpr (std::is_same_v<acc_t, scalar_t>) {
-    if (t.is_contiguous()) return t.const_data_ptr<acc_t>();
-  }
+  if (t.scalar_type() == c10::CppTypeToScalarType<acc_t>::value && t.is_contiguous()) return t.const_data_ptr<acc_t>();
   const Tensor c = t.contiguous();
-  const scalar_t* p = c.const_data_ptr<scalar_t>();
   storage.resize(c.numel());
-  for (int64_t i = 0; i < c.numel(); ++i) storage[i] = static_cast<acc_t>(p[i]);
+  MNV3_DISPATCH_FLOATING(c.scalar_type(), "acc_data", [&] {
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < c.numel(); ++i) storage[i] = static_cast<acc_t>(p[i]);
+  });
   return storage.data();
 }
 
-#define MNV3_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+// The parameters of an op may be x's dtype, or fp32 when x is bf16 (the CPU
+// program's choice: more precise, and no conversion on every call).
+inline void check_param(const char* op, const Tensor& x, const char* name, const Tensor& t, bool fp32_params) {
+  if (fp32_params && x.scalar_type() == at::kBFloat16 && t.scalar_type() == at::kFloat) {
+    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": expected ", name, " on the same device as x (", x.device(),
+                      "), got ", t.device());
+    return;
+  }
+  check_same(op, x, name, t);
+}
+
 
 }  // namespace mnv3

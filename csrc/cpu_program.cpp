@@ -69,13 +69,6 @@ Tensor activate(const Tensor& x, int64_t act) {
   }
 }
 
-// Global average pool to (N, C).  On channels_last the mean over the middle
-// axis of an (N, HW, C) view is one contiguous sweep per image.
-Tensor pool(const Tensor& x) {
-  if (is_channels_last(x)) return x.permute({0, 2, 3, 1}).reshape({x.size(0), -1, x.size(1)}).mean(1);
-  return x.mean({2, 3});
-}
-
 // Checks the whole program before any of it runs (the same checks, with the
 // same messages, as `decode` in mnv3_fast/ops/cpu_program.py); returns the
 // logits' width.
@@ -162,7 +155,7 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
       }
       case kDw: {  // weight bias stride pad dilation act
         x = dw_conv_bn_act_cpu_impl(x, tensors[a[0]], optional_tensor(a[1]), a[2], a[3], a[4], kActNames[a[5]],
-                                    relu_pending);
+                                    relu_pending, /*fp32_params=*/true);
         relu_pending = false;
         break;
       }
@@ -170,7 +163,9 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
         x = stem_conv_cpu(x, tensors[a[0]], optional_tensor(a[1]), a[2], a[3], a[4]);
         break;
       }
-      case kSe: x = squeeze_excite_cpu(x, tensors[a[0]], tensors[a[1]], tensors[a[2]], tensors[a[3]]); break;
+      case kSe:
+        x = squeeze_excite_cpu_impl(x, tensors[a[0]], tensors[a[1]], tensors[a[2]], tensors[a[3]], /*fp32_params=*/true);
+        break;
       case kAffine: {
         const int64_t C = x.size(1);
         x = x * tensors[a[0]].view({1, C, 1, 1}) + tensors[a[1]].view({1, C, 1, 1});
@@ -178,7 +173,7 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
       }
       case kAct: x = activate(x, a[0]); break;
       case kMark: break;
-      case kPool: x = pool(x); break;
+      case kPool: x = global_avg_pool_cpu(x); break;
       case kLinear: {  // weight bias act out_features
         x = linear(x, tensors[a[0]], optional_tensor(a[1]), a[2]);
         if (static_cast<Act>(a[2]) == Act::ReLU) x.relu_();

@@ -217,16 +217,16 @@ void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
 
 Tensor dw_conv_bn_act_cpu(const Tensor& x_in, const Tensor& weight, const std::optional<Tensor>& bias,
                           int64_t stride, int64_t padding, int64_t dilation, c10::string_view act_name) {
-  return dw_conv_bn_act_cpu_impl(x_in, weight, bias, stride, padding, dilation, act_name, false);
+  return dw_conv_bn_act_cpu_impl(x_in, weight, bias, stride, padding, dilation, act_name, false, false);
 }
 
 Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const std::optional<Tensor>& bias,
-                          int64_t stride, int64_t padding, int64_t dilation, c10::string_view act_name,
-                          bool relu_input) {
+                               int64_t stride, int64_t padding, int64_t dilation, c10::string_view act_name,
+                               bool relu_input, bool fp32_params) {
   check_rank4(kOp, x_in);
   TORCH_CHECK_VALUE(x_in.device().is_cpu(), kOp, ": expected x on the CPU, got ", x_in.device());
   check_floating(kOp, "x", x_in);
-  check_same(kOp, x_in, "weight", weight);
+  check_param(kOp, x_in, "weight", weight, fp32_params);
   const int64_t C = x_in.size(1);
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1 && weight.size(2) == weight.size(3),
               kOp, ": expected weight of shape (", C, ", 1, k, k) for an input with ", C, " channels, got ",
@@ -239,7 +239,7 @@ Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const s
                     dilation * (K - 1), " (dilation * (k - 1)) for a ", K, "x", K, " kernel with dilation ", dilation,
                     ", got ", padding);
   if (bias.has_value()) {
-    check_same(kOp, x_in, "bias", *bias);
+    check_param(kOp, x_in, "bias", *bias, fp32_params);
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == C, kOp, ": expected bias of shape (", C, "), got ",
                 shape_str(*bias));
   }
@@ -259,12 +259,14 @@ Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const s
   if (!channels_last && g.Wo <= kNarrowPlane && g.C >= 64) {
     const Tensor x_cl = x_in.contiguous(at::MemoryFormat::ChannelsLast);
     if (is_channels_last(x_cl))  // (not for degenerate shapes such as 1x1 planes, which stay NCHW)
-      return dw_conv_bn_act_cpu_impl(x_cl, weight, bias, stride, padding, dilation, act_name, relu_input).contiguous();
+      return dw_conv_bn_act_cpu_impl(x_cl, weight, bias, stride, padding, dilation, act_name, relu_input, fp32_params)
+          .contiguous();
   }
   // Only the NHWC kernel of a ReLU layer applies an input ReLU on load (the case
   // of MobileNetV3's ReLU blocks; fewer kernel instances to compile).
   if (relu_input && (!channels_last || act != Act::ReLU || x_in.scalar_type() == at::kDouble))
-    return dw_conv_bn_act_cpu_impl(at::relu(x_in), weight, bias, stride, padding, dilation, act_name, false);
+    return dw_conv_bn_act_cpu_impl(at::relu(x_in), weight, bias, stride, padding, dilation, act_name, false,
+                                   fp32_params);
   const Tensor x = x_in.contiguous(format);  // no copy when already in that layout
   Tensor out = at::empty({g.N, C, g.Ho, g.Wo}, x.options().memory_format(format));
   if (out.numel() == 0) return out;
@@ -276,7 +278,7 @@ Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const s
     // as much as the convolution.
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> w_store, b_store(bias.has_value() ? 0 : C, acc_t(0));  // (zeros when there is no bias)
-    const acc_t* wp = acc_data<acc_t, scalar_t>(weight, w_store);
+    const acc_t* wp = acc_data<acc_t>(weight, w_store);
     if (channels_last) {
       std::vector<acc_t> tap_major(C * K * K);
       for (int64_t t = 0; t < K * K; ++t)
@@ -284,7 +286,7 @@ Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const s
       w_store = std::move(tap_major);
       wp = w_store.data();
     }
-    const acc_t* bp = bias.has_value() ? acc_data<acc_t, scalar_t>(*bias, b_store) : b_store.data();
+    const acc_t* bp = bias.has_value() ? acc_data<acc_t>(*bias, b_store) : b_store.data();
     dispatch_act(act, [&](auto a) {
       constexpr Act A = decltype(a)::value;
       if (channels_last) {

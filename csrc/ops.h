@@ -13,11 +13,16 @@ at::Tensor hsigmoid_cpu(const at::Tensor& x);
 at::Tensor dw_conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                               int64_t stride, int64_t padding, int64_t dilation, c10::string_view act);
 // relu_input: computes dw_conv_bn_act(relu(x), ...) without a pass for the ReLU (on NHWC inputs).
+// fp32_params: weight and bias may be fp32 for a bf16 x (as the CPU program keeps them).
 at::Tensor dw_conv_bn_act_cpu_impl(const at::Tensor& x, const at::Tensor& weight,
                                    const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
-                                   int64_t dilation, c10::string_view act, bool relu_input);
+                                   int64_t dilation, c10::string_view act, bool relu_input, bool fp32_params);
 at::Tensor squeeze_excite_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                               const at::Tensor& b2);
+at::Tensor squeeze_excite_cpu_impl(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                                   const at::Tensor& w2, const at::Tensor& b2, bool fp32_params);
+// Global average pool of an (N, C, H, W) map to (N, C), accumulated in fp32 (or fp64).
+at::Tensor global_avg_pool_cpu(const at::Tensor& x);
 // The first conv of the network (few input channels), directly; output channels_last.  act: 0 none, 1 relu, 2 hswish.
 at::Tensor stem_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          int64_t stride, int64_t padding, int64_t act);

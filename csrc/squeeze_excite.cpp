@@ -34,6 +34,58 @@ void check_matrix(const Tensor& w, const char* name, int64_t rows, int64_t cols)
               ", 1, 1), got ", shape_str(w));
 }
 
+// Per-(sample, channel) means of x's planes, in acc_t, into `means` (N * C).
+template <typename scalar_t>
+void channel_means(const Tensor& x, bool channels_last, at::opmath_type<scalar_t>* means) {
+  using IO = VecIO<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using Vec = typename IO::Vec;
+  constexpr int64_t V = IO::kSize;
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  if (!channels_last) {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 32768 / HW), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t* src = xp + p * HW;
+        Vec acc(acc_t(0));
+        int64_t i = 0;
+        for (; i + V <= HW; i += V) acc = acc + IO::load(src + i);
+        acc_t sum = hsum(acc);
+        for (; i < HW; ++i) sum += static_cast<acc_t>(src[i]);
+        means[p] = sum / static_cast<acc_t>(HW);
+      }
+    });
+    return;
+  }
+  // Rows of C channels per pixel; tasks are (sample, channel block) pairs, each
+  // summing its block of kVecs vectors over every pixel, in registers.
+  constexpr int64_t kVecs = 4, kBlock = kVecs * V;
+  const int64_t blocks = (C + kBlock - 1) / kBlock;
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, c0 = (task % blocks) * kBlock, cn = std::min(kBlock, C - c0);
+      Vec acc[kVecs];
+      MNV3_UNROLL(4)
+      for (int64_t j = 0; j < kVecs; ++j) acc[j] = Vec(acc_t(0));
+      const scalar_t* src = xp + n * HW * C + c0;
+      if (cn == kBlock) {
+        for (int64_t pix = 0; pix < HW; ++pix, src += C) {
+          MNV3_UNROLL(4)
+          for (int64_t j = 0; j < kVecs; ++j) acc[j] = acc[j] + IO::load(src + j * V);
+        }
+      } else {
+        for (int64_t pix = 0; pix < HW; ++pix, src += C) {
+          for (int64_t j = 0; j * V < cn; ++j) acc[j] = acc[j] + IO::load(src + j * V, std::min(V, cn - j * V));
+        }
+      }
+      const Vec scale(acc_t(1) / static_cast<acc_t>(HW));
+      for (int64_t j = 0; j * V < cn; ++j) {
+        (acc[j] * scale).store(means + n * C + c0 + j * V, std::min(V, cn - j * V));
+      }
+    }
+  });
+}
+
 template <typename scalar_t>
 void se_kernel(const Tensor& x, const at::opmath_type<scalar_t>* w1p, const at::opmath_type<scalar_t>* b1p,
                const at::opmath_type<scalar_t>* w2p, const at::opmath_type<scalar_t>* b2p, int64_t S, Tensor& out,
@@ -48,34 +100,7 @@ void se_kernel(const Tensor& x, const at::opmath_type<scalar_t>* w1p, const at::
   std::vector<acc_t> gate(N * C);  // first the pooled means, then the gates
 
   // 1. Pool.
-  if (!channels_last) {
-    at::parallel_for(0, N * C, std::max<int64_t>(1, 32768 / HW), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const scalar_t* src = xp + p * HW;
-        Vec acc(acc_t(0));
-        int64_t i = 0;
-        for (; i + V <= HW; i += V) acc = acc + IO::load(src + i);
-        acc_t sum = hsum(acc);
-        for (; i < HW; ++i) sum += static_cast<acc_t>(src[i]);
-        gate[p] = sum / static_cast<acc_t>(HW);
-      }
-    });
-  } else {
-    // Rows of C channels per pixel; tasks are (sample, channel block) pairs.
-    constexpr int64_t kBlock = 64;
-    const int64_t blocks = (C + kBlock - 1) / kBlock;
-    at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task / blocks, c0 = (task % blocks) * kBlock, cn = std::min(kBlock, C - c0);
-        acc_t acc[kBlock] = {};
-        for (int64_t pix = 0; pix < HW; ++pix) {
-          const scalar_t* src = xp + (n * HW + pix) * C + c0;
-          for (int64_t j = 0; j < cn; ++j) acc[j] += static_cast<acc_t>(src[j]);
-        }
-        for (int64_t j = 0; j < cn; ++j) gate[n * C + c0 + j] = acc[j] / static_cast<acc_t>(HW);
-      }
-    });
-  }
+  channel_means<scalar_t>(x, channels_last, gate.data());
 
   // 2. The excitation: two small matrix-vector products per sample.  With
   // fewer samples than threads (batch 1), the rows are split across threads
@@ -134,13 +159,18 @@ void se_kernel(const Tensor& x, const at::opmath_type<scalar_t>* w1p, const at::
 
 Tensor squeeze_excite_cpu(const Tensor& x_in, const Tensor& w1_in, const Tensor& b1, const Tensor& w2_in,
                           const Tensor& b2) {
+  return squeeze_excite_cpu_impl(x_in, w1_in, b1, w2_in, b2, false);
+}
+
+Tensor squeeze_excite_cpu_impl(const Tensor& x_in, const Tensor& w1_in, const Tensor& b1, const Tensor& w2_in,
+                               const Tensor& b2, bool fp32_params) {
   check_rank4(kOp, x_in);
   TORCH_CHECK_VALUE(x_in.device().is_cpu(), kOp, ": expected x on the CPU, got ", x_in.device());
   check_floating(kOp, "x", x_in);
-  check_same(kOp, x_in, "w1", w1_in);
-  check_same(kOp, x_in, "b1", b1);
-  check_same(kOp, x_in, "w2", w2_in);
-  check_same(kOp, x_in, "b2", b2);
+  check_param(kOp, x_in, "w1", w1_in, fp32_params);
+  check_param(kOp, x_in, "b1", b1, fp32_params);
+  check_param(kOp, x_in, "w2", w2_in, fp32_params);
+  check_param(kOp, x_in, "b2", b2, fp32_params);
   const int64_t C = x_in.size(1);
   TORCH_CHECK_VALUE(w1_in.dim() >= 1, kOp, ": expected w1 of shape (S, ", C, "), got ", shape_str(w1_in));
   const int64_t S = w1_in.size(0);
@@ -158,13 +188,28 @@ Tensor squeeze_excite_cpu(const Tensor& x_in, const Tensor& w1_in, const Tensor&
   MNV3_DISPATCH_FLOATING(x.scalar_type(), kOp, [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> w1s, b1s, w2s, b2s;  // used only for inputs that need converting
-    se_kernel<scalar_t>(x, acc_data<acc_t, scalar_t>(w1_in, w1s), acc_data<acc_t, scalar_t>(b1, b1s),
-                        acc_data<acc_t, scalar_t>(w2_in, w2s), acc_data<acc_t, scalar_t>(b2, b2s), S, out,
+    se_kernel<scalar_t>(x, acc_data<acc_t>(w1_in, w1s), acc_data<acc_t>(b1, b1s),
+                        acc_data<acc_t>(w2_in, w2s), acc_data<acc_t>(b2, b2s), S, out,
                         channels_last);
   });
   return out;
 }
 
+Tensor global_avg_pool_cpu(const Tensor& x_in) {
+  check_rank4("mnv3::run_cpu_program (POOL)", x_in);
+  const bool channels_last = is_channels_last(x_in);
+  const Tensor x = x_in.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  Tensor out = at::empty({x.size(0), x.size(1)}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0 || x.size(2) * x.size(3) == 0) return out.zero_();
+  MNV3_DISPATCH_FLOATING(x.scalar_type(), "mnv3::run_cpu_program (POOL)", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> means(out.numel());
+    channel_means<scalar_t>(x, channels_last, means.data());
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < out.numel(); ++i) op[i] = static_cast<scalar_t>(means[i]);
+  });
+  return out;
+}
 
 TORCH_LIBRARY_IMPL(mnv3, CPU, m) { m.impl("squeeze_excite", &squeeze_excite_cpu); }
 

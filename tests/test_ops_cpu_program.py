@@ -71,12 +71,27 @@ def test_every_instruction_matches_float64(run, batch, poison_outputs):
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fp32_params", [False, True], ids=["bf16_params", "fp32_params"])
 @pytest.mark.parametrize("run", [cp.run_cpu_program, cp.run_cpu_program_reference], ids=["op", "interpreter"])
-def test_bfloat16(run):
+def test_bfloat16(run, fp32_params):
+    """bf16 activations; the depthwise and SE parameters bf16, or fp32 as the CPU backend keeps them."""
     x, tensors, program, expected = every_instruction(dtype=torch.bfloat16)
+    if fp32_params:
+        _, fp32, _, _ = every_instruction()
+        tensors = [fp32[i] if i in (2, 3, 4, 5, 6, 7, 21, 22) else t for i, t in enumerate(tensors)]
     out = run(x, tensors, program)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)  # bf16 storage between layers
+
+
+def test_bfloat16_pool_accumulates_in_float32():
+    """POOL over a bf16 map: a 1/(H*W) mean of many values, each bf16, summed in fp32 (a bf16 sum
+    would lose the small terms)."""
+    C, H = 40, 23
+    x = (1 + randn(2, C, H, H, scale=1e-2)).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    program = [cp.POOL, cp.LINEAR, 0, -1, 0, C]  # (an identity LINEAR: the output is the pool's)
+    out = cp.run_cpu_program(x, [torch.eye(C, dtype=torch.bfloat16)], program)
+    torch.testing.assert_close(out.double(), x.double().mean(dim=(2, 3)), rtol=0, atol=2**-8)  # one bf16 rounding
 
 
 def test_the_op_is_the_cpp_kernel():

@@ -19,8 +19,9 @@ of truth:
 
     SAVE                                   keep the current value (a residual)
     CONV   weight bias stride pad act res  conv, act; res=1 adds the saved value
-    DW     weight bias stride pad dil act  mnv3::dw_conv_bn_act
-    SE     w1 b1 w2 b2                     mnv3::squeeze_excite
+    DW     weight bias stride pad dil act  mnv3::dw_conv_bn_act (weight, bias: x's dtype, or
+                                           float32 for a bfloat16 x)
+    SE     w1 b1 w2 b2                     mnv3::squeeze_excite (likewise)
     AFFINE scale shift                     per-channel x * scale + shift
     ACT    act
     MARK   stride                          a stage ends here (for feature maps)
@@ -158,9 +159,10 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
             x = activation(x, ACTS[act])
         elif op == DW:
             weight, bias, stride, pad, dilation, act = a
-            x = torch.ops.mnv3.dw_conv_bn_act(x, tensors[weight], tensor(bias), stride, pad, dilation, ACTS[act])
+            weight, bias = (None if t is None else t.to(x.dtype) for t in (tensors[weight], tensor(bias)))
+            x = torch.ops.mnv3.dw_conv_bn_act(x, weight, bias, stride, pad, dilation, ACTS[act])
         elif op == SE:
-            x = torch.ops.mnv3.squeeze_excite(x, *(tensors[i] for i in a))
+            x = torch.ops.mnv3.squeeze_excite(x, *(tensors[i].to(x.dtype) for i in a))
         elif op == AFFINE:
             x = x * tensors[a[0]][:, None, None] + tensors[a[1]][:, None, None]
         elif op == ACT:

@@ -46,7 +46,8 @@ class CpuProgramBackend(Backend):
     def program(self, model, x, call) -> CpuProgram:
         def build():
             with torch.no_grad():
-                return encode_program(pack_plan(folded_plan(model, call), list(x.shape)))
+                params = folded_plan(model, call._replace(dtype=torch.float32)) if call.dtype != torch.float32 else None
+                return encode_program(pack_plan(folded_plan(model, call), list(x.shape), params))
 
         return call.view.get_or_build("cpu_program", (call.dtype, tuple(x.shape)), build)
 

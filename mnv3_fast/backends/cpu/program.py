@@ -83,8 +83,11 @@ def conv_shapes(plan: Plan, shape: list):
     yield from conv(plan.last.conv)
 
 
-def pack_plan(plan: Plan, shape: list) -> PackedPlan:
-    """The oneDNN-packed plan of a folded plan, for inputs of `shape` (N, 3, H, W)."""
+def pack_plan(plan: Plan, shape: list, params: Optional[Plan] = None) -> PackedPlan:
+    """The oneDNN-packed plan of a folded plan, for inputs of `shape` (N, 3, H, W).  `params`: the
+    same plan in float32, whose depthwise and SE parameters a bf16 program uses (the kernels take
+    them as they are: no conversion on every call, and more precise)."""
+    params = params or plan
     input_shape = {id(step): in_shape for step, in_shape, _ in conv_shapes(plan, list(shape))}
 
     def pack(step: ConvStep) -> PackedConv:
@@ -97,9 +100,10 @@ def pack_plan(plan: Plan, shape: list) -> PackedPlan:
         weight = torch.ops.mkldnn._reorder_linear_weight(step.weight.flatten(1), shape[0])
         return PackedLinear(weight, step.bias, step.act)
 
-    blocks = tuple(PackedBlock(None if b.expand is None else pack(b.expand), b.depthwise, b.se, pack(b.project),
-                               b.residual) for b in plan.blocks)
-    return PackedPlan(plan.stem, blocks, plan.last, pack(plan.last.conv), linear(plan.head), linear(plan.classifier))
+    blocks = tuple(PackedBlock(None if b.expand is None else pack(b.expand), p.depthwise, p.se, pack(b.project),
+                               b.residual) for b, p in zip(plan.blocks, params.blocks))
+    last = plan.last._replace(se=params.last.se)
+    return PackedPlan(plan.stem, blocks, last, pack(plan.last.conv), linear(plan.head), linear(plan.classifier))
 
 
 def activation_peak(plan: Plan, shape: list) -> int:
