@@ -34,7 +34,12 @@ def check_floating(op: str, name: str, t: torch.Tensor, dtypes: tuple | None = N
     if t.dtype not in dtypes:
         names = [str(d).replace("torch.", "") for d in dtypes]
         allowed = ", ".join(names[:-1]) + " or " + names[-1]
-        where = {CPU_DTYPES: " on the CPU", TRITON_DTYPES: " in a Triton kernel"}.get(dtypes, "")
+        if dtypes == GPU_DTYPES:
+            where = ""
+        elif dtypes == TRITON_DTYPES:
+            where = " in a Triton kernel"
+        else:
+            where = f" on the {t.device.type.upper()}"
         raise TypeError(f"{op}: expected {name} to be {allowed}{where}, got {t.dtype}")
 
 
