@@ -20,9 +20,11 @@ except ImportError:  # pragma: no cover - older torch
 
 
 def traceable(kernel):
-    """`kernel` wrapped so that torch.compile/export see the launch (`torch.library.wrap_triton`);
-    the kernel itself where torch lacks it or where it cannot be wrapped (the interpreter's
-    kernels on older torch).  Inside a triton_op's eager call the wrapper is a no-op."""
+    """`kernel` wrapped so that torch.compile/export see the launch (`torch.library.wrap_triton`),
+    for the launchers that implement a `torch.library.triton_op` (in its eager calls the wrapper
+    is a no-op); the kernel itself where torch lacks it or where it cannot be wrapped (the
+    interpreter's kernels).  Launchers of `define`d ops (dw, SE) and the CUDA backend launch raw
+    kernels."""
     if _wrap_triton is None or not isinstance(kernel, triton.runtime.jit.JITFunction):
         return kernel
     return _wrap_triton(kernel)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .._checks import GPU_DTYPES, check_dw_conv_args, output_memory_format
-from ._common import ACT_CODES, apply_act, effective_strides, stride_alignment, traceable
+from ._common import ACT_CODES, apply_act, effective_strides, stride_alignment
 
 
 # Sizes and the strides that scale with them are not specialised on (a compiled variant per
@@ -152,7 +152,7 @@ def dw_conv_bn_act(x, weight, bias, stride: int, padding: int, dilation: int, ac
     out = torch.empty((N, C, Ho, Wo), device=x.device, dtype=x.dtype, memory_format=output_memory_format(x))
     partials = new_partials(out) if return_sums else None
     if out.numel():
-        launch(x, weight, bias, out, partials, stride, padding, dilation, act, traceable(_dw_kernel))
+        launch(x, weight, bias, out, partials, stride, padding, dilation, act)
     if not return_sums:
         return out
     return out, partials.sum(dim=1) if out.numel() else torch.zeros((N, C), device=x.device, dtype=torch.float32)

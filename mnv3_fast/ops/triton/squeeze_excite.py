@@ -14,9 +14,8 @@ import triton
 import triton.language as tl
 
 from .._checks import GPU_DTYPES, check_se_args, output_memory_format
-from ._common import traceable
 from .dw_conv_bn_act import block_sizes
-from .se_gate import _se_gate_kernel, launch as launch_gate
+from .se_gate import launch as launch_gate
 
 
 @triton.jit
@@ -62,12 +61,11 @@ def squeeze_excite(x, w1, b1, w2, b2, pool_sums=None) -> torch.Tensor:
     grid = (triton.cdiv(H * W, block_p), triton.cdiv(C, block_c), N)
     if pool_sums is None:
         pool_sums = torch.empty((N, grid[0], C), device=x.device, dtype=torch.float32)
-        traceable(_pool_kernel)[grid](x, pool_sums, C, H * W, W, *x.stride(), BLOCK_P=block_p, BLOCK_C=block_c,
-                                      num_warps=warps)
+        _pool_kernel[grid](x, pool_sums, C, H * W, W, *x.stride(), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
     elif pool_sums.dim() == 2:
         pool_sums = pool_sums[:, None, :]
     gate = torch.empty((N, C), device=x.device, dtype=torch.float32)
-    launch_gate(pool_sums, w1.reshape(S, C), b1, w2.reshape(C, S), b2, gate, H * W, traceable(_se_gate_kernel))
-    traceable(_scale_kernel)[grid](x, gate, out, C, H * W, W, *x.stride(), *out.stride(),
-                                   BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
+    launch_gate(pool_sums, w1.reshape(S, C), b1, w2.reshape(C, S), b2, gate, H * W)
+    _scale_kernel[grid](x, gate, out, C, H * W, W, *x.stride(), *out.stride(),
+                       BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
     return out
