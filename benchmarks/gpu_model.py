@@ -11,7 +11,8 @@
   writes its output (the expanded activations stay on chip), an SE block two (the pool is a
   grid-wide dependency: one pass for the pool sums, then the gate, a recompute of expand and
   depthwise, the gated projection and the residual), the last stage with its pooling and the
-  head, weights read once.
+  head, weights read once; and the same with SE blocks storing their depthwise output between
+  the two kernels instead of recomputing it ("ideal, SE stored").
 
     python benchmarks/gpu_model.py                      # Large and Small, fp16, batch 1 and 256
     python benchmarks/gpu_model.py --per-launch --model large --batch 256   # the backend's launches
@@ -141,8 +142,10 @@ def backend(mode: str, dtype: torch.dtype, batch: int = 1) -> tuple[Traffic, lis
 # ------------------------------------------------------------------ ideal block-fused
 
 
-def ideal(mode: str, dtype: torch.dtype, batch: int = 1) -> tuple[Traffic, list]:
-    """Each block one kernel (two with SE), from the folded plan's shapes."""
+def ideal(mode: str, dtype: torch.dtype, batch: int = 1, recompute: bool = True) -> tuple[Traffic, list]:
+    """Each block one kernel (two with SE), from the folded plan's shapes.  An SE block's second
+    kernel recomputes expand and depthwise from the block input (`recompute`), or reads the
+    depthwise output the first kernel stored (the expanded width, 3-6x the input's)."""
     plan = build_plan(reference.MobileNetV3(mode).eval())
     e = torch.tensor([], dtype=dtype).element_size()
     weights = sum(_nbytes(t) for t in torch.utils._pytree.tree_leaves(tuple(plan)) if isinstance(t, torch.Tensor))
@@ -158,9 +161,13 @@ def ideal(mode: str, dtype: torch.dtype, batch: int = 1) -> tuple[Traffic, list]
         block_in, block_out = c * h * h * e, cout * ho * ho * e
         if b.se is None:
             rows.append((f"block {i}", block_in + block_out))
-        else:  # pass 1: expand + dw + pool sums; pass 2: gate, recompute, gated project, residual
+        elif recompute:  # pass 1: expand + dw + pool sums; pass 2: gate, recompute, gated project, residual
             rows.append((f"block {i} pool", block_in))
             rows.append((f"block {i} project", block_in + block_out))
+        else:  # pass 1: expand + dw (stored) + pool sums; pass 2: gate, gated project, residual
+            dw_out = d.weight.shape[0] * ho * ho * e
+            rows.append((f"block {i} expand+dw", block_in + dw_out))
+            rows.append((f"block {i} project", dw_out + block_out + (block_in if b.residual else 0)))
         c, h = cout, ho
     rows.append(("last stage + pool", c * h * h * e + plan.last.conv.weight.shape[0] * e))
     rows.append(("head", plan.last.conv.weight.shape[0] * e + plan.classifier.weight.shape[0] * e))
@@ -168,7 +175,8 @@ def ideal(mode: str, dtype: torch.dtype, batch: int = 1) -> tuple[Traffic, list]
 
 
 MODELS = {"eager (torchvision)": eager, "eager (reference)": lambda m, d, b=1: eager(m, d, b, torchvision=False),
-          "this backend": backend, "ideal block-fused": ideal}
+          "this backend": backend, "ideal block-fused": ideal,
+          "ideal, SE stored": lambda m, d, b=1: ideal(m, d, b, recompute=False)}
 
 
 def report(models, dtype_name: str, batches, bandwidth: float) -> list[dict]:
