@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mnv3_fast
-from mnv3_fast import backends, ops, reference
+from mnv3_fast import backends, reference
 from mnv3_fast.testing import calibrate_bn_
 
 from conftest import assert_close_rel, randn

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 import mnv3_fast  # noqa: F401  (registers the ops)
 from mnv3_fast import ops
-from mnv3_fast.ops import reference_ops
 
 from conftest import TOLERANCES, randn
 
