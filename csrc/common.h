@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -126,8 +127,9 @@ inline void dispatch_act(Act act, F&& f) {
 // ---------------------------------------------------------------- vector I/O
 
 // Loads and stores scalar_t memory as vectors of the accumulation type.
-template <typename scalar_t>
+template <typename scalar_t_>
 struct VecIO {
+  using scalar_t = scalar_t_;
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
   static constexpr int64_t kSize = Vec::size();
@@ -171,6 +173,57 @@ struct VecIO<c10::BFloat16> {
   }
   static void store(scalar_t* p, const Vec& v, int64_t n) {
     scalar_t tmp[kSize];
+    store(tmp, v);
+    std::copy(tmp, tmp + n, p);
+  }
+};
+
+// uint8 memory with a quantization (scale, zero point) as fp32 vectors, for
+// the int8 CPU program.  `load` gives the raw codes q as floats: the kernels
+// fold the input scale into their weights and the zero point into their bias
+// (and pad with the zero point), so nothing is subtracted per element.
+// `store` quantizes real values: clamp(round(v / scale) + zp, 0, 255), rounding
+// half to even as torch.round does.
+struct U8IO {
+  using scalar_t = uint8_t;
+  using acc_t = float;
+  using Vec = at::vec::Vectorized<float>;
+  static constexpr int64_t kSize = Vec::size();
+  float inv_scale = 1.f, zero_point = 0.f;
+
+  Vec load(const uint8_t* p) const {
+#if defined(CPU_CAPABILITY_AVX512)
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif defined(CPU_CAPABILITY_AVX2)
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
+    float tmp[kSize];
+    for (int64_t i = 0; i < kSize; ++i) tmp[i] = p[i];
+    return Vec::loadu(tmp);
+#endif
+  }
+  Vec load(const uint8_t* p, int64_t n) const {
+    uint8_t tmp[kSize] = {};
+    std::copy(p, p + n, tmp);
+    return load(tmp);
+  }
+  void store(uint8_t* p, const Vec& v) const {
+    const Vec q = at::vec::minimum(at::vec::maximum(at::vec::fmadd(v, Vec(inv_scale), Vec(zero_point)), Vec(0.f)),
+                                   Vec(255.f));
+#if defined(CPU_CAPABILITY_AVX512)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(q)));
+#elif defined(CPU_CAPABILITY_AVX2)
+    const __m256i i = _mm256_cvtps_epi32(q);
+    const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(w16, w16));
+#else
+    float tmp[kSize];
+    q.store(tmp);
+    for (int64_t i = 0; i < kSize; ++i) p[i] = static_cast<uint8_t>(std::nearbyint(tmp[i]));
+#endif
+  }
+  void store(uint8_t* p, const Vec& v, int64_t n) const {
+    uint8_t tmp[kSize];
     store(tmp, v);
     std::copy(tmp, tmp + n, p);
   }

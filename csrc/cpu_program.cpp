@@ -19,9 +19,10 @@ constexpr const char* kOp = "mnv3::run_cpu_program";
 
 // What the profiler shows for each instruction (the oneDNN ops also show as themselves).
 constexpr const char* kProfileNames[kNumOpcodes] = {
-    "mnv3::program::SAVE", "mnv3::program::CONV", "mnv3::program::DW",     "mnv3::program::SE",
-    "mnv3::program::AFFINE", "mnv3::program::ACT", "mnv3::program::MARK", "mnv3::program::POOL",
-    "mnv3::program::LINEAR", "mnv3::program::STEM"};
+    "mnv3::program::SAVE",  "mnv3::program::CONV",  "mnv3::program::DW",   "mnv3::program::SE",
+    "mnv3::program::AFFINE", "mnv3::program::ACT",  "mnv3::program::MARK", "mnv3::program::POOL",
+    "mnv3::program::LINEAR", "mnv3::program::STEM", "mnv3::program::QSTEM", "mnv3::program::QCONV",
+    "mnv3::program::QDW",   "mnv3::program::QSE",   "mnv3::program::QPOOL"};
 // oneDNN's ReLU post-op turns NaN into 0, so a conv's ReLU runs after it, in
 // place (or in the depthwise conv that follows, as it loads).
 constexpr const char* kOneDnnAttr[kNumActs] = {"none", "none", "hardswish"};
@@ -61,6 +62,32 @@ Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bia
   return pop_result(op, s);
 }
 
+// The int8 program's convs: onednn::qconv2d_pointwise on a uint8 input, the weights int8 per output
+// channel (packed by onednn::qconv_prepack), the activation fused, and a uint8 output (out_scale,
+// out_zp), or float32 where out_scale is 0.  With a residual, .binary adds the saved uint8 value,
+// whose buffer it writes the output into (nothing reads it afterwards).
+constexpr const char* kQAttr[kNumActs] = {"none", "relu", "hardswish"};
+
+Tensor qconv(const Tensor& x, const Tensor& w, const Tensor& w_scale, const Tensor& w_zp,
+             const std::optional<Tensor>& bias, int64_t stride, int64_t pad, int64_t act, const double* qp,
+             const Tensor* residual) {
+  const bool float_out = qp[2] == 0;
+  const c10::IValue out_dtype = float_out ? c10::IValue(at::ScalarType::Float) : c10::IValue();
+  const double out_scale = float_out ? 1.0 : qp[2];
+  const int64_t out_zp = float_out ? 0 : static_cast<int64_t>(qp[3]);
+  if (residual == nullptr) {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("onednn::qconv2d_pointwise", "");
+    Stack s{x, qp[0], static_cast<int64_t>(qp[1]), w, w_scale, w_zp, bias, ints2(stride), ints2(pad), ints2(1),
+            int64_t(1), out_scale, out_zp, out_dtype, std::string(kQAttr[act]), no_scalars(), std::string()};
+    return pop_result(op, s);
+  }
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("onednn::qconv2d_pointwise", "binary");
+  Stack s{x, qp[0], static_cast<int64_t>(qp[1]), w, w_scale, w_zp, *residual, bias, ints2(stride), ints2(pad),
+          ints2(1), int64_t(1), out_scale, out_zp, out_dtype, qp[4], static_cast<int64_t>(qp[5]), std::string("sum"),
+          c10::IValue(1.0), std::string(kQAttr[act]), no_scalars(), std::string()};
+  return pop_result(op, s);
+}
+
 Tensor activate(const Tensor& x, int64_t act) {
   switch (static_cast<Act>(act)) {
     case Act::ReLU: return at::relu(x);  // (not in place: x may be the saved residual or the caller's input)
@@ -88,13 +115,21 @@ int64_t validate(at::TensorList tensors, at::IntArrayRef program) {
       TORCH_CHECK_VALUE(a[k] >= (optional ? -1 : 0) && a[k] < num_tensors, kOp, ": ", info.name, " at position ", i,
                         " names tensor ", a[k], ", but there are ", num_tensors, " tensors");
     };
+    // Quantization parameters: a float64 tensor of `count` values (scales, zero points).
+    auto check_qparams = [&](int64_t k, int64_t count) {
+      check_tensor(k, false);
+      const Tensor& t = tensors[a[k]];
+      TORCH_CHECK_VALUE(t.scalar_type() == at::kDouble && t.dim() == 1 && t.size(0) == count && t.is_contiguous(),
+                        kOp, ": ", info.name, " at position ", i, " needs its quantization parameters as a float64 "
+                        "tensor of ", count, " values, got ", t.scalar_type(), " of shape ", shape_str(t));
+    };
     if (info.act_arg >= 0) {
       const int64_t code = a[info.act_arg];
       TORCH_CHECK_VALUE(code >= 0 && code < kNumActs, kOp, ": ", info.name, " at position ", i,
                         " has activation code ", code, " (expected 0 none, 1 relu or 2 hswish)");
     }
     // After POOL the value is (N, C): only LINEAR and ACT apply to it, and LINEAR to nothing else.
-    const bool needs_map = op != kLinear && op != kAct;
+    const bool needs_map = op != kLinear && op != kAct;  // (QPOOL, like POOL, needs the map)
     TORCH_CHECK_VALUE(!(needs_map && pooled_at >= 0), kOp, ": ", info.name, " at position ", i,
                       " needs a 4-D value, but the value was pooled at position ", pooled_at);
     TORCH_CHECK_VALUE(!(op == kLinear && pooled_at < 0), kOp, ": LINEAR at position ", i,
@@ -108,6 +143,22 @@ int64_t validate(at::TensorList tensors, at::IntArrayRef program) {
       case kSave: saved_any = true; break;
       case kDw:
       case kStem: check_tensor(0, false), check_tensor(1, true); break;
+      case kQStem: check_tensor(0, false), check_tensor(1, true), check_qparams(5, 2); break;
+      case kQConv:
+        check_tensor(0, false), check_tensor(1, false), check_tensor(2, false), check_tensor(3, true);
+        check_qparams(8, 6);
+        TORCH_CHECK_VALUE(!a[7] || saved_any, kOp, ": QCONV at position ", i,
+                          " adds a residual, but no SAVE comes before it");
+        break;
+      case kQDw: check_tensor(0, false), check_tensor(1, true), check_qparams(6, 4); break;
+      case kQSe:
+        for (int k = 0; k < 4; ++k) check_tensor(k, false);
+        check_qparams(4, 2);
+        break;
+      case kQPool:
+        check_qparams(0, 2);
+        pooled_at = static_cast<int64_t>(i);
+        break;
       case kSe: for (int k = 0; k < 4; ++k) check_tensor(k, false); break;
       case kAffine: check_tensor(0, false), check_tensor(1, false); break;
       case kPool: pooled_at = static_cast<int64_t>(i); break;
@@ -138,7 +189,7 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
     const size_t next = i + 1 + kOpcodes[program[i]].num_args;
     RECORD_FUNCTION(kProfileNames[program[i]], c10::ArrayRef<const c10::IValue>{});
     switch (program[i]) {
-      case kSave: saved = x; break;
+      case kSave: saved = x.is_same(x_in) ? x.clone() : x; break;  // (a QCONV residual writes into it)
       case kConv: {  // weight bias stride pad act residual
         if (a[5] && a[4] == 0) {  // conv + residual in one pass
           x = conv_add(x, saved, tensors[a[0]], optional_tensor(a[1]), a[2], a[3]);
@@ -169,6 +220,32 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
       case kAffine: {
         const int64_t C = x.size(1);
         x = x * tensors[a[0]].view({1, C, 1, 1}) + tensors[a[1]].view({1, C, 1, 1});
+        break;
+      }
+      case kQStem: {  // weight bias stride pad act qparams[out_scale, out_zp]
+        const double* qp = tensors[a[5]].const_data_ptr<double>();
+        x = stem_conv_cpu(x, tensors[a[0]], optional_tensor(a[1]), a[2], a[3], a[4], qp[0], static_cast<int64_t>(qp[1]));
+        break;
+      }
+      case kQConv: {  // weight w_scale w_zp bias stride pad act residual qparams[in s, zp, out s, zp, res s, zp]
+        x = qconv(x, tensors[a[0]], tensors[a[1]], tensors[a[2]], optional_tensor(a[3]), a[4], a[5], a[6],
+                  tensors[a[8]].const_data_ptr<double>(), a[7] ? &saved : nullptr);
+        break;
+      }
+      case kQDw: {  // weight bias stride pad dilation act qparams[in s, zp, out s, zp]
+        const double* qp = tensors[a[6]].const_data_ptr<double>();
+        x = qdw_conv_cpu(x, tensors[a[0]], optional_tensor(a[1]), a[2], a[3], a[4], a[5], qp[0],
+                         static_cast<int64_t>(qp[1]), qp[2], static_cast<int64_t>(qp[3]));
+        break;
+      }
+      case kQSe: {  // w1 b1 w2 b2 qparams[out s, zp]
+        const double* qp = tensors[a[4]].const_data_ptr<double>();
+        x = qse_cpu(x, tensors[a[0]], tensors[a[1]], tensors[a[2]], tensors[a[3]], qp[0], static_cast<int64_t>(qp[1]));
+        break;
+      }
+      case kQPool: {  // qparams[in s, zp]
+        const double* qp = tensors[a[0]].const_data_ptr<double>();
+        x = qpool_cpu(x, qp[0], static_cast<int64_t>(qp[1]));
         break;
       }
       case kAct: x = activate(x, a[0]); break;

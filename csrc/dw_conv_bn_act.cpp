@@ -109,22 +109,26 @@ void dw_nchw(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
 
 // InA: an activation applied to each input as it is loaded (ReLU or None),
 // so that a preceding conv's ReLU needs no pass of its own (run_cpu_program).
-template <int K, int S, Act A, Act InA, typename scalar_t>
-void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opmath_type<scalar_t>* bp, Tensor& out,
-             const Geometry& g) {  // weights tap-major (K*K, C)
-  using IO = VecIO<scalar_t>;
-  using acc_t = typename IO::acc_t;
-  using Vec = typename IO::Vec;
-  constexpr int64_t V = IO::kSize;
-  const int64_t C = g.C, d = g.dil, pad = g.pad;
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();  // (N, H, W, C) in memory
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+// In / Out: how x is loaded and the output stored (VecIO<float/bf16/double>, or
+// U8IO for the int8 program); `pad`: the value the padding reads as (0, or a
+// uint8 input's zero point, whose scale and offset the caller folded into the
+// weights and bias).
+template <int K, int S, Act A, Act InA, typename In, typename Out>
+void dw_nhwc(const typename In::scalar_t* xp, const typename In::acc_t* wp, const typename In::acc_t* bp,
+             typename Out::scalar_t* op, const Geometry& g, const In& in_io, const Out& out_io,
+             typename In::scalar_t pad) {  // weights tap-major (K*K, C); x (N, H, W, C) in memory
+  using scalar_t = typename In::scalar_t;
+  using acc_t = typename In::acc_t;
+  using Vec = typename In::Vec;
+  constexpr int64_t V = In::kSize;
+  const int64_t C = g.C, d = g.dil;
+  const int64_t pad_px = g.pad;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.Wo * C * K * K));
 
   // Output pixels go kBlock at a time.  For dilation 2 (dilation 1 has its own
   // path below): for each (pixel, kernel column) the input column's offset, or
   // -1 where it falls in the padding (or past the last pixel) and a zero
-  // vector is read instead.  Same for every row.
+  // vector (the padding value) is read instead.  Same for every row.
   const int64_t blocks = (g.Wo + kBlock - 1) / kBlock;
   std::vector<int64_t> col(blocks * kBlock * K);
   std::vector<char> interior(blocks);  // every column of the block inside the image
@@ -132,24 +136,26 @@ void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
     bool all = true;
     for (int j = 0; j < kBlock; ++j)
       for (int kw = 0; kw < K; ++kw) {
-        const int64_t ow = b * kBlock + j, iw = ow * S - pad + kw * d;
+        const int64_t ow = b * kBlock + j, iw = ow * S - pad_px + kw * d;
         const bool ok = ow < g.Wo && iw >= 0 && iw < g.W;
         col[(b * kBlock + j) * K + kw] = ok ? iw * C : -1;
         all = all && ok;
       }
     interior[b] = all;
   }
-  const std::vector<scalar_t> zeros(V, scalar_t(0));
+  const std::vector<scalar_t> padding(V, pad);
+  const Vec pad_vec = in_io.load(padding.data());
+  const bool pad_reads_nonzero = pad != scalar_t(0);
 
   at::parallel_for(0, g.N * g.Ho, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.Ho, oh = row % g.Ho;
-      const int64_t ih0 = oh * S - pad;
+      const int64_t ih0 = oh * S - pad_px;
       int kh_lo = 0, kh_hi = K;  // the kernel rows inside the image
       while (kh_lo < K && ih0 + kh_lo * d < 0) ++kh_lo;
       while (kh_hi > kh_lo && ih0 + (kh_hi - 1) * d >= g.H) --kh_hi;
       const scalar_t* in_img = xp + n * g.H * g.W * C;
-      scalar_t* out_row = op + row * g.Wo * C;
+      typename Out::scalar_t* out_row = op + row * g.Wo * C;
 
       for (int64_t c = 0; c < C; c += V) {
         const int64_t m = std::min<int64_t>(V, C - c);
@@ -165,19 +171,28 @@ void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
           // are indexed by constants and live in registers.
           MNV3_UNROLL(5)
           for (int kh = 0; kh < K; ++kh) {
-            if (kh < kh_lo || kh >= kh_hi) continue;
+            if (kh < kh_lo || kh >= kh_hi) {  // a row of padding: it reads as `pad`
+              if (pad_reads_nonzero) {
+                MNV3_UNROLL(5)
+                for (int kw = 0; kw < K; ++kw)
+                  MNV3_UNROLL(4)
+                  for (int j = 0; j < kBlock; ++j) acc[j] = at::vec::fmadd(pad_vec, wv[kh * K + kw], acc[j]);
+              }
+              continue;
+            }
             const scalar_t* in = in_img + (ih0 + kh * d) * g.W * C + c;
             if (d == 1) {
               // Each input column of the block is loaded once and used by every
               // (output pixel j, kernel column kw) pair that reads it, i = j * S + kw;
               // columns in the padding read as zeros.
-              const int64_t col0 = b * kBlock * S - pad;
+              const int64_t col0 = b * kBlock * S - pad_px;
               const scalar_t* row_in = in + col0 * C;
               MNV3_UNROLL(16)
               for (int i = 0; i < (kBlock - 1) * S + K; ++i) {
                 const bool inside = col0 + i >= 0 && col0 + i < g.W;
-                const Vec xi = !inside ? Vec(acc_t(0))
-                                       : apply_act<InA>(m == V ? IO::load(row_in + i * C) : IO::load(row_in + i * C, m));
+                const Vec xi = !inside ? pad_vec
+                                       : apply_act<InA>(m == V ? in_io.load(row_in + i * C)
+                                                               : in_io.load(row_in + i * C, m));
                 MNV3_UNROLL(4)
                 for (int j = 0; j < kBlock; ++j) {
                   const int kw = i - j * S;
@@ -189,26 +204,36 @@ void dw_nhwc(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
               for (int kw = 0; kw < K; ++kw)
                 MNV3_UNROLL(4)
                 for (int j = 0; j < kBlock; ++j)
-                  acc[j] = at::vec::fmadd(apply_act<InA>(IO::load(in + cb[j * K + kw])), wv[kh * K + kw], acc[j]);
+                  acc[j] = at::vec::fmadd(apply_act<InA>(in_io.load(in + cb[j * K + kw])), wv[kh * K + kw], acc[j]);
             } else {
               MNV3_UNROLL(5)
               for (int kw = 0; kw < K; ++kw)
                 MNV3_UNROLL(4)
                 for (int j = 0; j < kBlock; ++j) {
                   const int64_t off = cb[j * K + kw];
-                  const Vec xi = IO::load(off >= 0 ? in + off : zeros.data(), m);
+                  const Vec xi = in_io.load(off >= 0 ? in + off : padding.data(), m);
                   acc[j] = at::vec::fmadd(apply_act<InA>(xi), wv[kh * K + kw], acc[j]);
                 }
             }
           }
           for (int j = 0; j < kBlock && b * kBlock + j < g.Wo; ++j) {
-            scalar_t* o = out_row + (b * kBlock + j) * C + c;
-            m == V ? IO::store(o, apply_act<A>(acc[j])) : IO::store(o, apply_act<A>(acc[j]), m);
+            typename Out::scalar_t* o = out_row + (b * kBlock + j) * C + c;
+            m == V ? out_io.store(o, apply_act<A>(acc[j])) : out_io.store(o, apply_act<A>(acc[j]), m);
           }
         }
       }
     }
   });
+}
+
+template <Act A, Act InA, typename In, typename Out>
+void run_dw_nhwc(const typename In::scalar_t* xp, const typename In::acc_t* wp, const typename In::acc_t* bp,
+                 typename Out::scalar_t* op, const Geometry& g, const In& in_io, const Out& out_io,
+                 typename In::scalar_t pad) {
+  if (g.K == 3 && g.stride == 1) dw_nhwc<3, 1, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
+  else if (g.K == 3) dw_nhwc<3, 2, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
+  else if (g.stride == 1) dw_nhwc<5, 1, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
+  else dw_nhwc<5, 2, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
 }
 
 // ------------------------------------------------------------------ op
@@ -292,10 +317,8 @@ Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const s
       if (channels_last) {
         auto nhwc = [&](auto in_act) {
           constexpr Act InA = decltype(in_act)::value;
-          if (K == 3 && stride == 1) dw_nhwc<3, 1, A, InA, scalar_t>(x, wp, bp, out, g);
-          else if (K == 3) dw_nhwc<3, 2, A, InA, scalar_t>(x, wp, bp, out, g);
-          else if (stride == 1) dw_nhwc<5, 1, A, InA, scalar_t>(x, wp, bp, out, g);
-          else dw_nhwc<5, 2, A, InA, scalar_t>(x, wp, bp, out, g);
+          run_dw_nhwc<A, InA>(x.const_data_ptr<scalar_t>(), wp, bp, out.mutable_data_ptr<scalar_t>(), g,
+                              VecIO<scalar_t>(), VecIO<scalar_t>(), scalar_t(0));
         };
         if constexpr (A == Act::ReLU && !std::is_same_v<scalar_t, double>) {
           if (relu_input) return nhwc(std::integral_constant<Act, Act::ReLU>{});
@@ -312,6 +335,60 @@ Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const s
   return out;
 }
 
+Tensor qdw_conv_cpu(const Tensor& x_in, const Tensor& weight, const std::optional<Tensor>& bias, int64_t stride,
+                    int64_t padding, int64_t dilation, int64_t act, double in_scale, int64_t in_zp, double out_scale,
+                    int64_t out_zp) {
+  constexpr const char* op = "mnv3::run_cpu_program (QDW)";
+  check_rank4(op, x_in);
+  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kByte, op, ": expected a uint8 input, got ", x_in.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kFloat && (!bias || bias->scalar_type() == at::kFloat), op,
+                   ": expected float32 weight and bias");
+  const int64_t C = x_in.size(1), K = weight.size(-1);
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1 && weight.size(2) == K &&
+                        (K == 3 || K == 5) && (stride == 1 || stride == 2) && (dilation == 1 || dilation == 2) &&
+                        padding >= 0 && padding <= dilation * (K - 1) && (!bias || bias->numel() == C),
+                    op, ": bad depthwise geometry: weight ", shape_str(weight), " for ", C, " channels, stride ",
+                    stride, ", padding ", padding, ", dilation ", dilation);
+  TORCH_CHECK_VALUE(in_scale > 0 && in_zp >= 0 && in_zp <= 255 && out_scale >= 0 && out_zp >= 0 && out_zp <= 255, op,
+                    ": bad quantization parameters (input scale ", in_scale, ", zero point ", in_zp,
+                    "; output scale ", out_scale, ", zero point ", out_zp, ")");
+  Geometry g{x_in.size(0), C, x_in.size(2), x_in.size(3), K, stride, padding, dilation, 0, 0};
+  g.Ho = conv_output_size(g.H, K, stride, padding, dilation);
+  g.Wo = conv_output_size(g.W, K, stride, padding, dilation);
+  TORCH_CHECK_VALUE(g.Ho > 0 && g.Wo > 0, op, ": input of spatial size ", g.H, "x", g.W, " is too small");
+  const Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const bool quantized_out = out_scale > 0;  // else a float32 output (for an SE that follows)
+  Tensor out = at::empty({g.N, C, g.Ho, g.Wo}, x.options().dtype(quantized_out ? at::kByte : at::kFloat)
+                                                   .memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  // x = in_scale * (q - in_zp): the scale goes into the weights, the zero point into the bias (the
+  // padding reads as in_zp, i.e. 0), so the kernel works on the raw codes.
+  std::vector<float> w_store, b_store;
+  const float* wp = acc_data<float>(weight, w_store);
+  std::vector<float> tap_major(C * K * K), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    double sum = 0;
+    for (int64_t t = 0; t < K * K; ++t) {
+      tap_major[t * C + c] = static_cast<float>(wp[c * K * K + t] * in_scale);
+      sum += wp[c * K * K + t];
+    }
+    shift[c] = static_cast<float>((bias ? bias->const_data_ptr<float>()[c] : 0.f) - in_scale * in_zp * sum);
+  }
+  const U8IO in_io{1.f, 0.f};
+  dispatch_act(static_cast<Act>(act), [&](auto a) {
+    constexpr Act A = decltype(a)::value;
+    if (quantized_out) {
+      run_dw_nhwc<A, Act::None>(x.const_data_ptr<uint8_t>(), tap_major.data(), shift.data(),
+                                out.mutable_data_ptr<uint8_t>(), g, in_io,
+                                U8IO{static_cast<float>(1.0 / out_scale), static_cast<float>(out_zp)},
+                                static_cast<uint8_t>(in_zp));
+    } else {
+      run_dw_nhwc<A, Act::None>(x.const_data_ptr<uint8_t>(), tap_major.data(), shift.data(),
+                                out.mutable_data_ptr<float>(), g, in_io, VecIO<float>(), static_cast<uint8_t>(in_zp));
+    }
+  });
+  return out;
+}
 
 TORCH_LIBRARY_IMPL(mnv3, CPU, m) { m.impl("dw_conv_bn_act", &dw_conv_bn_act_cpu); }
 

@@ -17,14 +17,25 @@ at::Tensor dw_conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, con
 at::Tensor dw_conv_bn_act_cpu_impl(const at::Tensor& x, const at::Tensor& weight,
                                    const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
                                    int64_t dilation, c10::string_view act, bool relu_input, bool fp32_params);
+// The int8 program's depthwise conv: a uint8 input (in_scale, in_zp), float32 weights and bias, the
+// activation, and a uint8 output (out_scale, out_zp), or float32 where out_scale is 0.
+at::Tensor qdw_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        int64_t stride, int64_t padding, int64_t dilation, int64_t act, double in_scale, int64_t in_zp,
+                        double out_scale, int64_t out_zp);
 at::Tensor squeeze_excite_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                               const at::Tensor& b2);
 at::Tensor squeeze_excite_cpu_impl(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                                    const at::Tensor& w2, const at::Tensor& b2, bool fp32_params);
+// The int8 program's SE: a float32 input, a uint8 output (out_scale, out_zp).
+at::Tensor qse_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                   const at::Tensor& b2, double out_scale, int64_t out_zp);
+// The int8 program's POOL: a uint8 map (in_scale, in_zp) to its float32 (N, C) means.
+at::Tensor qpool_cpu(const at::Tensor& x, double in_scale, int64_t in_zp);
 // Global average pool of an (N, C, H, W) map to (N, C), accumulated in fp32 (or fp64).
 at::Tensor global_avg_pool_cpu(const at::Tensor& x);
-// The first conv of the network (few input channels), directly; output channels_last.  act: 0 none, 1 relu, 2 hswish.
+// The first conv of the network (few input channels), directly; output channels_last.  act: an
+// activation code (program_table.h).  out_scale > 0: a uint8 output (out_scale, out_zp) for the int8 program.
 at::Tensor stem_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                         int64_t stride, int64_t padding, int64_t act);
+                         int64_t stride, int64_t padding, int64_t act, double out_scale = 0, int64_t out_zp = 0);
 
 }  // namespace mnv3

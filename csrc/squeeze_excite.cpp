@@ -35,12 +35,13 @@ void check_matrix(const Tensor& w, const char* name, int64_t rows, int64_t cols)
 }
 
 // Per-(sample, channel) means of x's planes, in acc_t, into `means` (N * C).
-template <typename scalar_t>
-void channel_means(const Tensor& x, bool channels_last, at::opmath_type<scalar_t>* means) {
-  using IO = VecIO<scalar_t>;
-  using acc_t = typename IO::acc_t;
-  using Vec = typename IO::Vec;
-  constexpr int64_t V = IO::kSize;
+// In: how x is loaded (VecIO<x's dtype>, or U8IO: the means of the raw codes).
+template <typename In>
+void channel_means(const Tensor& x, bool channels_last, typename In::acc_t* means, const In& in_io = In()) {
+  using scalar_t = typename In::scalar_t;
+  using acc_t = typename In::acc_t;
+  using Vec = typename In::Vec;
+  constexpr int64_t V = In::kSize;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   if (!channels_last) {
@@ -49,7 +50,7 @@ void channel_means(const Tensor& x, bool channels_last, at::opmath_type<scalar_t
         const scalar_t* src = xp + p * HW;
         Vec acc(acc_t(0));
         int64_t i = 0;
-        for (; i + V <= HW; i += V) acc = acc + IO::load(src + i);
+        for (; i + V <= HW; i += V) acc = acc + in_io.load(src + i);
         acc_t sum = hsum(acc);
         for (; i < HW; ++i) sum += static_cast<acc_t>(src[i]);
         means[p] = sum / static_cast<acc_t>(HW);
@@ -71,11 +72,11 @@ void channel_means(const Tensor& x, bool channels_last, at::opmath_type<scalar_t
       if (cn == kBlock) {
         for (int64_t pix = 0; pix < HW; ++pix, src += C) {
           MNV3_UNROLL(4)
-          for (int64_t j = 0; j < kVecs; ++j) acc[j] = acc[j] + IO::load(src + j * V);
+          for (int64_t j = 0; j < kVecs; ++j) acc[j] = acc[j] + in_io.load(src + j * V);
         }
       } else {
         for (int64_t pix = 0; pix < HW; ++pix, src += C) {
-          for (int64_t j = 0; j * V < cn; ++j) acc[j] = acc[j] + IO::load(src + j * V, std::min(V, cn - j * V));
+          for (int64_t j = 0; j * V < cn; ++j) acc[j] = acc[j] + in_io.load(src + j * V, std::min(V, cn - j * V));
         }
       }
       const Vec scale(acc_t(1) / static_cast<acc_t>(HW));
@@ -86,21 +87,22 @@ void channel_means(const Tensor& x, bool channels_last, at::opmath_type<scalar_t
   });
 }
 
-template <typename scalar_t>
+// Out: how the output is stored (x's own dtype, or U8IO for the int8 program).
+template <typename scalar_t, typename Out = VecIO<scalar_t>>
 void se_kernel(const Tensor& x, const at::opmath_type<scalar_t>* w1p, const at::opmath_type<scalar_t>* b1p,
                const at::opmath_type<scalar_t>* w2p, const at::opmath_type<scalar_t>* b2p, int64_t S, Tensor& out,
-               bool channels_last) {  // w1 (S, C), w2 (C, S)
+               bool channels_last, const Out& out_io = Out()) {  // w1 (S, C), w2 (C, S)
   using IO = VecIO<scalar_t>;
   using acc_t = typename IO::acc_t;
   using Vec = typename IO::Vec;
   constexpr int64_t V = IO::kSize;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  typename Out::scalar_t* op = out.mutable_data_ptr<typename Out::scalar_t>();
   std::vector<acc_t> gate(N * C);  // first the pooled means, then the gates
 
   // 1. Pool.
-  channel_means<scalar_t>(x, channels_last, gate.data());
+  channel_means<VecIO<scalar_t>>(x, channels_last, gate.data());
 
   // 2. The excitation: two small matrix-vector products per sample.  With
   // fewer samples than threads (batch 1), the rows are split across threads
@@ -134,11 +136,11 @@ void se_kernel(const Tensor& x, const at::opmath_type<scalar_t>* w1p, const at::
     at::parallel_for(0, N * C, std::max<int64_t>(1, 32768 / HW), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const scalar_t* src = xp + p * HW;
-        scalar_t* dst = op + p * HW;
+        typename Out::scalar_t* dst = op + p * HW;
         const Vec gv(gate[p]);
         int64_t i = 0;
-        for (; i + V <= HW; i += V) IO::store(dst + i, IO::load(src + i) * gv);
-        if (i < HW) IO::store(dst + i, IO::load(src + i, HW - i) * gv, HW - i);
+        for (; i + V <= HW; i += V) out_io.store(dst + i, IO::load(src + i) * gv);
+        if (i < HW) out_io.store(dst + i, IO::load(src + i, HW - i) * gv, HW - i);
       }
     });
   } else {
@@ -146,10 +148,10 @@ void se_kernel(const Tensor& x, const at::opmath_type<scalar_t>* w1p, const at::
       for (int64_t pix = begin; pix < end; ++pix) {
         const acc_t* g = gate.data() + (pix / HW) * C;
         const scalar_t* src = xp + pix * C;
-        scalar_t* dst = op + pix * C;
+        typename Out::scalar_t* dst = op + pix * C;
         int64_t c = 0;
-        for (; c + V <= C; c += V) IO::store(dst + c, IO::load(src + c) * Vec::loadu(g + c));
-        if (c < C) IO::store(dst + c, IO::load(src + c, C - c) * Vec::loadu(g + c, C - c), C - c);
+        for (; c + V <= C; c += V) out_io.store(dst + c, IO::load(src + c) * Vec::loadu(g + c));
+        if (c < C) out_io.store(dst + c, IO::load(src + c, C - c) * Vec::loadu(g + c, C - c), C - c);
       }
     });
   }
@@ -195,6 +197,26 @@ Tensor squeeze_excite_cpu_impl(const Tensor& x_in, const Tensor& w1_in, const Te
   return out;
 }
 
+Tensor qse_cpu(const Tensor& x_in, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
+               double out_scale, int64_t out_zp) {
+  constexpr const char* op = "mnv3::run_cpu_program (QSE)";
+  check_rank4(op, x_in);
+  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat, op, ": expected a float32 input, got ", x_in.scalar_type());
+  const int64_t C = x_in.size(1), S = w1.size(0);
+  check_matrix(w1, "w1", S, C);
+  check_matrix(w2, "w2", C, S);
+  TORCH_CHECK_VALUE(b1.numel() == S && b2.numel() == C && out_scale > 0 && out_zp >= 0 && out_zp <= 255, op,
+                    ": bad biases or quantization parameters");
+  const Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  Tensor out = at::empty(x.sizes(), x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  std::vector<float> w1s, b1s, w2s, b2s;
+  se_kernel<float>(x, acc_data<float>(w1, w1s), acc_data<float>(b1, b1s), acc_data<float>(w2, w2s),
+                   acc_data<float>(b2, b2s), S, out, /*channels_last=*/true,
+                   U8IO{static_cast<float>(1.0 / out_scale), static_cast<float>(out_zp)});
+  return out;
+}
+
 Tensor global_avg_pool_cpu(const Tensor& x_in) {
   check_rank4("mnv3::run_cpu_program (POOL)", x_in);
   const bool channels_last = is_channels_last(x_in);
@@ -204,11 +226,23 @@ Tensor global_avg_pool_cpu(const Tensor& x_in) {
   MNV3_DISPATCH_FLOATING(x.scalar_type(), "mnv3::run_cpu_program (POOL)", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> means(out.numel());
-    channel_means<scalar_t>(x, channels_last, means.data());
+    channel_means<VecIO<scalar_t>>(x, channels_last, means.data());
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     for (int64_t i = 0; i < out.numel(); ++i) op[i] = static_cast<scalar_t>(means[i]);
   });
   return out;
+}
+
+Tensor qpool_cpu(const Tensor& x_in, double in_scale, int64_t in_zp) {
+  constexpr const char* op = "mnv3::run_cpu_program (QPOOL)";
+  check_rank4(op, x_in);
+  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kByte, op, ": expected a uint8 input, got ", x_in.scalar_type());
+  const bool channels_last = is_channels_last(x_in);
+  const Tensor x = x_in.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  Tensor out = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kFloat));
+  if (out.numel() == 0) return out;
+  channel_means<U8IO>(x, channels_last, out.mutable_data_ptr<float>(), U8IO{});
+  return out.sub_(static_cast<double>(in_zp)).mul_(in_scale);  // (the means of the codes, dequantized)
 }
 
 TORCH_LIBRARY_IMPL(mnv3, CPU, m) { m.impl("squeeze_excite", &squeeze_excite_cpu); }

@@ -26,8 +26,10 @@ enum class Layout { Strided, Nchw, Nhwc };  // NCHW/NHWC: contiguous, so the pix
 // K_, S_, CI_: the kernel size, stride and input channels when known at
 // compile time (0: read from g), so that the MobileNetV3 stem (3, 2, 3) gets
 // constant offsets and fully unrolled taps.
-template <typename scalar_t, Act A, int K_, int S_, int CI_, Layout L>
-void stem_kernel(const scalar_t* x, const float* w, const float* b, scalar_t* out, const StemGeometry& g) {
+// Out: how the output is stored (x's dtype, or U8IO for the int8 program).
+template <typename scalar_t, Act A, int K_, int S_, int CI_, Layout L, typename Out>
+void stem_kernel(const scalar_t* x, const float* w, const float* b, typename Out::scalar_t* out,
+                 const StemGeometry& g, const Out& out_io) {
   using IO = VecIO<scalar_t>;
   using Vec = typename IO::Vec;
   constexpr int64_t V = IO::kSize;
@@ -38,7 +40,7 @@ void stem_kernel(const scalar_t* x, const float* w, const float* b, scalar_t* ou
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.Ho, oy = row % g.Ho;
       const scalar_t* xn = x + n * g.sN;
-      scalar_t* out_row = out + row * g.Wo * g.Co;
+      typename Out::scalar_t* out_row = out + row * g.Wo * g.Co;
       for (int64_t ox0 = 0; ox0 < g.Wo; ox0 += kPixels) {
         const int64_t np = std::min<int64_t>(kPixels, g.Wo - ox0);
         const int64_t ix0 = ox0 * S - g.padding;
@@ -79,8 +81,8 @@ void stem_kernel(const scalar_t* x, const float* w, const float* b, scalar_t* ou
           }
           const int64_t lanes = std::min<int64_t>(V, g.Co - c0);
           for (int j = 0; j < np; ++j) {
-            scalar_t* o = out_row + (ox0 + j) * g.Co + c0;
-            lanes == V ? IO::store(o, apply_act<A>(acc[j])) : IO::store(o, apply_act<A>(acc[j]), lanes);
+            typename Out::scalar_t* o = out_row + (ox0 + j) * g.Co + c0;
+            lanes == V ? out_io.store(o, apply_act<A>(acc[j])) : out_io.store(o, apply_act<A>(acc[j]), lanes);
           }
         }
       }
@@ -91,7 +93,7 @@ void stem_kernel(const scalar_t* x, const float* w, const float* b, scalar_t* ou
 }  // namespace
 
 Tensor stem_conv_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, int64_t stride,
-                     int64_t padding, int64_t act) {
+                     int64_t padding, int64_t act, double out_scale, int64_t out_zp) {
   check_rank4(kOp, x);
   check_same(kOp, x, "weight", weight);
   const int64_t Ci = x.size(1);
@@ -112,7 +114,12 @@ Tensor stem_conv_cpu(const Tensor& x, const Tensor& weight, const std::optional<
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == g.Co, kOp, ": expected bias of shape (", g.Co, "), got ",
                       shape_str(*bias));
   }
-  Tensor out = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  TORCH_CHECK_VALUE(out_scale >= 0 && out_zp >= 0 && out_zp <= 255, kOp, ": bad output quantization (scale ",
+                    out_scale, ", zero point ", out_zp, ")");
+  const bool quantized_out = out_scale > 0;  // the int8 program's QSTEM: a uint8 output
+  Tensor out = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options()
+                                                     .dtype(quantized_out ? at::kByte : x.scalar_type())
+                                                     .memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
 
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, kOp,
@@ -132,17 +139,23 @@ Tensor stem_conv_cpu(const Tensor& x, const Tensor& weight, const std::optional<
       std::copy(bf.const_data_ptr<float>(), bf.const_data_ptr<float>() + g.Co, b.begin());
     }
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
     const bool mobilenet_stem = g.K == 3 && stride == 2 && Ci == 3;
-    dispatch_act(static_cast<Act>(act), [&](auto a) {
-      constexpr Act kAct = decltype(a)::value;
-      if (mobilenet_stem && x.is_contiguous())
-        stem_kernel<scalar_t, kAct, 3, 2, 3, Layout::Nchw>(xp, w.data(), b.data(), op, g);
-      else if (mobilenet_stem && x.is_contiguous(at::MemoryFormat::ChannelsLast))
-        stem_kernel<scalar_t, kAct, 3, 2, 3, Layout::Nhwc>(xp, w.data(), b.data(), op, g);
-      else
-        stem_kernel<scalar_t, kAct, 0, 0, 0, Layout::Strided>(xp, w.data(), b.data(), op, g);
-    });
+    auto with_output = [&](auto* op, const auto& out_io) {
+      dispatch_act(static_cast<Act>(act), [&](auto a) {
+        constexpr Act kAct = decltype(a)::value;
+        if (mobilenet_stem && x.is_contiguous())
+          stem_kernel<scalar_t, kAct, 3, 2, 3, Layout::Nchw>(xp, w.data(), b.data(), op, g, out_io);
+        else if (mobilenet_stem && x.is_contiguous(at::MemoryFormat::ChannelsLast))
+          stem_kernel<scalar_t, kAct, 3, 2, 3, Layout::Nhwc>(xp, w.data(), b.data(), op, g, out_io);
+        else
+          stem_kernel<scalar_t, kAct, 0, 0, 0, Layout::Strided>(xp, w.data(), b.data(), op, g, out_io);
+      });
+    };
+    if (quantized_out)
+      with_output(out.mutable_data_ptr<uint8_t>(),
+                  U8IO{static_cast<float>(1.0 / out_scale), static_cast<float>(out_zp)});
+    else
+      with_output(out.mutable_data_ptr<scalar_t>(), VecIO<scalar_t>());
   };
   if (x.scalar_type() == at::kFloat) run(float());
   else run(at::BFloat16());

@@ -13,6 +13,7 @@ from . import backends, ops, plan, reference
 from .convert import convert, from_pretrained_state_dict
 from .model import MobileNetV3, mobilenet_v3_large, mobilenet_v3_small
 from .plan import fold_bn
+from .quantized import QuantizedMobileNetV3, quantize
 
 __version__ = "0.1.0"
-__all__ = ["convert", "from_pretrained_state_dict", "MobileNetV3", "mobilenet_v3_large", "mobilenet_v3_small", "ops", "reference", "plan", "backends", "fold_bn", "__version__"]
+__all__ = ["convert", "from_pretrained_state_dict", "MobileNetV3", "mobilenet_v3_large", "mobilenet_v3_small", "quantize", "QuantizedMobileNetV3", "ops", "reference", "plan", "backends", "fold_bn", "__version__"]

@@ -32,6 +32,23 @@ of truth:
                                            computed directly; any input layout in,
                                            channels_last out
 
+int8 (mnv3_fast.quantize): activations flow as uint8 with per-tensor (scale,
+zero point) pairs, q = clamp(round(x / scale) + zp, 0, 255); `qp` names a
+float64 tensor of such values:
+
+    QSTEM  weight bias stride pad act qp   STEM with a uint8 output, qp = [out s, zp]
+    QCONV  weight w_scale w_zp bias stride pad act res qp
+                                           onednn::qconv2d_pointwise: uint8 in, int8
+                                           weights per output channel (qconv_prepack),
+                                           act, res=1 adds the saved uint8 value;
+                                           qp = [in s, zp, out s, zp, res s, zp], out s = 0
+                                           for a float32 output
+    QDW    weight bias stride pad dil act qp
+                                           depthwise conv on a uint8 input, float32 weights,
+                                           qp = [in s, zp, out s, zp], out s = 0: float32 out
+    QSE    w1 b1 w2 b2 qp                  SE on a float32 input, uint8 out, qp = [out s, zp]
+    QPOOL  qp                              a uint8 map's float32 means, qp = [in s, zp]
+
 Inference only: no autograd (the weights are packed copies).
 """
 from __future__ import annotations
@@ -41,6 +58,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import reference_ops
 from ._checks import ACTIVATIONS, check_floating, check_rank4
 from .activations import activation
 from ._library import EXTENSION_ERROR, LIB, define
@@ -70,13 +88,22 @@ OPCODES = (
     Opcode("POOL", 0, -1, ()),
     Opcode("LINEAR", 4, 2, (0, 1), (1,)),
     Opcode("STEM", 5, 4, (0, 1), (1,)),
+    # The int8 program's (see "int8" below); `qparams` index a float64 tensor of scales and zero points.
+    Opcode("QSTEM", 6, 4, (0, 1, 5), (1,)),
+    Opcode("QCONV", 9, 6, (0, 1, 2, 3, 8), (3,)),
+    Opcode("QDW", 7, 5, (0, 1, 6), (1,)),
+    Opcode("QSE", 5, -1, (0, 1, 2, 3, 4)),
+    Opcode("QPOOL", 1, -1, (0,)),
 )
-SAVE, CONV, DW, SE, AFFINE, ACT, MARK, POOL, LINEAR, STEM = range(len(OPCODES))
+SAVE, CONV, DW, SE, AFFINE, ACT, MARK, POOL, LINEAR, STEM, QSTEM, QCONV, QDW, QSE, QPOOL = range(len(OPCODES))
+# For each int8 opcode: which argument is its qparams tensor, and how many values it holds.
+QPARAMS = {QSTEM: (5, 2), QCONV: (8, 6), QDW: (6, 4), QSE: (4, 2), QPOOL: (0, 2)}
 ACTS = ACTIVATIONS  # an activation code is the index of its name
 # oneDNN's ReLU post-op turns NaN into 0 (hiding a bad input); its hard-swish
 # keeps NaN.  So ReLU runs after the conv, in place.
 ONEDNN_ATTR = ("none", "none", "hardswish")
 _ON_POOLED = (ACT, LINEAR)  # the instructions that take the pooled (N, C) value
+_RESIDUAL_ARG = {CONV: 5, QCONV: 7}
 
 
 def decode(program: list, tensors: list) -> list:
@@ -106,10 +133,16 @@ def decode(program: list, tensors: list) -> list:
                              f"at position {pooled_at}")
         if op == LINEAR and pooled_at is None:
             raise ValueError(f"{OP}: LINEAR at position {i} needs pooled (N, C) features: put a POOL before it")
-        pooled_at = i if op == POOL else pooled_at
+        pooled_at = i if op in (POOL, QPOOL) else pooled_at
         saved = saved or op == SAVE
-        if op == CONV and args[5] and not saved:
-            raise ValueError(f"{OP}: CONV at position {i} adds a residual, but no SAVE comes before it")
+        if op in _RESIDUAL_ARG and args[_RESIDUAL_ARG[op]] and not saved:
+            raise ValueError(f"{OP}: {info.name} at position {i} adds a residual, but no SAVE comes before it")
+        if op in QPARAMS:
+            k, count = QPARAMS[op]
+            t = tensors[args[k]]
+            if not (t.dtype == torch.float64 and t.dim() == 1 and t.shape[0] == count):
+                raise ValueError(f"{OP}: {info.name} at position {i} needs its quantization parameters as a "
+                                 f"float64 tensor of {count} values, got {t.dtype} of shape {list(t.shape)}")
         if op == LINEAR and (tensors[args[0]].dim() != 2 or tensors[args[0]].shape[0] != args[3]):
             raise ValueError(f"{OP}: LINEAR at position {i} declares {args[3]} output features, "
                              f"but its weight has shape {list(tensors[args[0]].shape)}")
@@ -136,10 +169,10 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
     def tensor(i):
         return None if i < 0 else tensors[i]
 
-    saved = None
+    saved, x_in = None, x
     for op, a in _check(x, tensors, program):
         if op == SAVE:
-            saved = x
+            saved = x.clone() if x is x_in else x  # (a QCONV residual writes into it)
         elif op == CONV:
             weight, bias, stride, pad, act, residual = a
             pads, strides = [pad, pad], [stride, stride]
@@ -176,7 +209,63 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
             x = mk._linear_pointwise(x, tensors[weight], tensor(bias), ONEDNN_ATTR[act], [], "")
             if act == 1:
                 x = x.relu_()
+        elif op == QSTEM:
+            weight, bias, stride, pad, act, qp = a
+            s, zp = tensors[qp].tolist()
+            x = quantize(activation(F.conv2d(x.float(), tensors[weight].float(), _float(tensor(bias)), stride, pad),
+                                    ACTS[act]), s, zp)
+        elif op == QCONV:
+            weight, w_scale, w_zp, bias, stride, pad, act, residual, qp = a
+            x = qconv(x, tensors[weight], tensors[w_scale], tensors[w_zp], tensor(bias), stride, pad, act,
+                      tensors[qp].tolist(), saved if residual else None)
+        elif op == QDW:
+            weight, bias, stride, pad, dilation, act, qp = a
+            in_s, in_zp, out_s, out_zp = tensors[qp].tolist()
+            y = F.conv2d(dequantize(x, in_s, in_zp), tensors[weight].float(), _float(tensor(bias)), stride, pad,
+                         dilation, groups=x.shape[1])
+            y = activation(y, ACTS[act])
+            x = quantize(y, out_s, out_zp) if out_s else y.contiguous(memory_format=torch.channels_last)
+        elif op == QSE:
+            s, zp = tensors[a[4]].tolist()
+            x = quantize(reference_ops.squeeze_excite(x, *(tensors[i].float() for i in a[:4])), s, zp)
+        elif op == QPOOL:
+            s, zp = tensors[a[0]].tolist()
+            x = dequantize(x, s, zp).mean(dim=(2, 3))
     return x
+
+
+# ---------------------------------------------------------------- int8 helpers
+
+
+def _float(t):
+    return None if t is None else t.float()
+
+
+def quantize(x: torch.Tensor, scale: float, zero_point: float) -> torch.Tensor:
+    """uint8 codes clamp(round(x / scale) + zp, 0, 255) (half to even), channels_last."""
+    q = torch.clamp(torch.round(x.float() / scale) + zero_point, 0, 255).to(torch.uint8)
+    return q.contiguous(memory_format=torch.channels_last) if q.dim() == 4 else q
+
+
+def dequantize(q: torch.Tensor, scale: float, zero_point: float) -> torch.Tensor:
+    return (q.float() - zero_point) * scale
+
+
+QATTR = ("none", "relu", "hardswish")  # oneDNN's int8 post-ops (no NaN to hide in uint8)
+
+
+def qconv(x, weight, w_scale, w_zp, bias, stride, pad, act, qp, residual=None):
+    """onednn::qconv2d_pointwise (.binary with a residual, which it writes into) as QCONV runs it."""
+    in_s, in_zp, out_s, out_zp, res_s, res_zp = qp
+    float_out = out_s == 0
+    out_dtype, out_s, out_zp = (torch.float32, 1.0, 0) if float_out else (None, out_s, int(out_zp))
+    od = torch.ops.onednn
+    if residual is None:
+        return od.qconv2d_pointwise(x, in_s, int(in_zp), weight, w_scale, w_zp, bias, [stride] * 2, [pad] * 2,
+                                    [1, 1], 1, out_s, out_zp, out_dtype, QATTR[act], [], "")
+    return od.qconv2d_pointwise.binary(x, in_s, int(in_zp), weight, w_scale, w_zp, residual, bias, [stride] * 2,
+                                       [pad] * 2, [1, 1], 1, out_s, out_zp, out_dtype, res_s, int(res_zp), "sum",
+                                       1.0, QATTR[act], [], "")
 
 
 def run_cpu_program_reference(x: torch.Tensor, tensors: list, program: list) -> torch.Tensor:

@@ -29,7 +29,13 @@ twin); without the extension the Python walk runs, and reads no content.
 
 Bounds.  Each kind of entry has its own bound (`BOUNDS`), least recently used
 first out, so that many input shapes (programs) cannot push out the folded
-plans.  The cache belongs to the model and goes with it.  It is thread-safe:
+plans.  A CPU program holds a copy of the weights packed for its input shape
+(~10 MB for Small, ~22 MB for Large in fp32), so at most 8 are kept.  The
+cache belongs to the model and goes with it; when programs are evicted or
+dropped, the freed memory is handed back to the OS (glibc keeps it otherwise:
+measured, 200 input sizes left +240 MiB of RSS for Small, +56 MiB after
+trimming and deleting the model, the rest being oneDNN's own process-wide
+primitive cache, which eager PyTorch fills too).  It is thread-safe:
 concurrent forwards on one model may build an entry twice, never corrupt it.
 """
 from __future__ import annotations
@@ -50,6 +56,19 @@ if EXTENSION_ERROR is None:
 else:
     _C = None
 
+
+def _malloc_trim():
+    """glibc's malloc_trim, or nothing where there is none."""
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
+release_memory = _malloc_trim()  # hands freed heap memory back to the OS
 # The attributes of each module type that the fold reads (beyond its parameters and buffers).
 HYPERPARAMETERS = {
     nn.Conv2d: ("stride", "padding", "dilation", "groups", "padding_mode"),
@@ -141,7 +160,11 @@ class PlanCache:
     #: dtype; "cpu_program": packed, encoded CPU programs, one per (dtype, input shape), each holding a
     #: copy of the weights; "cpu_peak": the activation peak per image shape (a number).
     #: "checks": per-state answers of the backends' checks (strings).
+    #: "cuda_program": the CUDA backend's prepared weights, one per (dtype, device); "cuda_graph": its
+    #: captured CUDA graphs, one per (dtype, input shape and strides, device), each holding its buffers.
     BOUNDS = {"folded": 4, "cpu_program": 8, "cpu_peak": 64, "checks": 8, "cuda_program": 4, "cuda_graph": 4}
+    #: Kinds whose entries are big: memory is handed back to the OS when they go.
+    BIG = {"cpu_program"}
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -159,7 +182,15 @@ class PlanCache:
 
     def clear(self) -> None:
         with self._lock:
+            held_big = any(self._entries.get(kind) for kind in self.BIG)
             self._key, self._keep_alive, self._entries = None, [], {}
+        if held_big:
+            release_memory()
+
+    def __del__(self):
+        if any(self._entries.get(kind) for kind in self.BIG):
+            self._entries = {}
+            release_memory()
 
     def sizes(self) -> dict[str, int]:
         """How many entries of each kind are held."""
@@ -186,8 +217,10 @@ class PlanCache:
             entries = self._entries.setdefault(kind, OrderedDict())
             entries[entry] = value
             entries.move_to_end(entry)
-            while len(entries) > bound:
-                entries.popitem(last=False)
+            evicted = [entries.popitem(last=False) for _ in range(len(entries) - bound)]
+        if evicted and kind in self.BIG:
+            del evicted
+            release_memory()
 
     def __reduce__(self):  # copies and pickles of the model start with an empty cache
         return (PlanCache, ())

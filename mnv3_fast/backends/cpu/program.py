@@ -97,8 +97,7 @@ def pack_plan(plan: Plan, shape: list, params: Optional[Plan] = None) -> PackedP
         return PackedConv(weight, step.bias, s, p, step.act)
 
     def linear(step: ConvStep) -> PackedLinear:
-        weight = torch.ops.mkldnn._reorder_linear_weight(step.weight.flatten(1), shape[0])
-        return PackedLinear(weight, step.bias, step.act)
+        return pack_linear(step, shape[0])
 
     blocks = tuple(PackedBlock(None if b.expand is None else pack(b.expand), p.depthwise, p.se, pack(b.project),
                                b.residual) for b, p in zip(plan.blocks, params.blocks))
@@ -106,52 +105,76 @@ def pack_plan(plan: Plan, shape: list, params: Optional[Plan] = None) -> PackedP
     return PackedPlan(plan.stem, blocks, last, pack(plan.last.conv), linear(plan.head), linear(plan.classifier))
 
 
+def pack_linear(step: ConvStep, batch: int) -> PackedLinear:
+    """A head 1x1 conv as a matrix product on pooled features, its weight packed for `batch` rows."""
+    weight = torch.ops.mkldnn._reorder_linear_weight(step.weight.flatten(1), batch)
+    return PackedLinear(weight, step.bias, step.act)
+
+
 def activation_peak(plan: Plan, shape: list) -> int:
     """The most elements (per image) any one conv reads plus writes, for inputs of `shape` (C, H, W)."""
     return max(math.prod(i[1:]) + math.prod(o[1:]) for _, i, o in conv_shapes(plan, [1] + list(shape)))
 
 
-def encode_program(plan: PackedPlan) -> CpuProgram:
-    tensors, program = [], []
+class ProgramWriter:
+    """Writes a program: instructions, and the tensors their arguments index."""
 
-    def tensor(t: Optional[torch.Tensor]) -> int:
+    def __init__(self):
+        self.tensors: list = []
+        self.program: list = []
+
+    def tensor(self, t: Optional[torch.Tensor]) -> int:
         if t is None:
             return -1
-        tensors.append(t)
-        return len(tensors) - 1
+        self.tensors.append(t)
+        return len(self.tensors) - 1
 
+    def emit(self, opcode: int, *args: int) -> None:
+        self.program.extend([opcode, *args])
+
+    @staticmethod
     def act(name: str) -> int:
         return isa.ACTS.index(name)
 
+    def linear(self, lin: PackedLinear) -> None:
+        self.emit(isa.LINEAR, self.tensor(lin.weight), self.tensor(lin.bias), self.act(lin.act), lin.weight.shape[0])
+
+    def done(self, stages: int) -> CpuProgram:
+        return CpuProgram(self.tensors, self.program, stages)
+
+
+def encode_program(plan: PackedPlan) -> CpuProgram:
+    w = ProgramWriter()
+    tensor, act = w.tensor, w.act
+
     def conv(c: PackedConv, residual: bool = False):
-        program.extend([isa.CONV, tensor(c.weight), tensor(c.bias), c.stride, c.padding, act(c.act), int(residual)])
+        w.emit(isa.CONV, tensor(c.weight), tensor(c.bias), c.stride, c.padding, act(c.act), int(residual))
 
     def se(s: Optional[SeStep]):
         if s is not None:
-            program.extend([isa.SE, *(tensor(t) for t in s)])
-
-    def linear(lin: PackedLinear):
-        program.extend([isa.LINEAR, tensor(lin.weight), tensor(lin.bias), act(lin.act), lin.weight.shape[0]])
+            w.emit(isa.SE, *(tensor(t) for t in s))
 
     stem = plan.stem
-    program.extend([isa.STEM, tensor(stem.weight), tensor(stem.bias), stem.stride, stem.padding, act(stem.act),
-                    isa.MARK, stem.stride])
+    w.emit(isa.STEM, tensor(stem.weight), tensor(stem.bias), stem.stride, stem.padding, act(stem.act))
+    w.emit(isa.MARK, stem.stride)
     for b in plan.blocks:
         if b.residual:
-            program.append(isa.SAVE)
+            w.emit(isa.SAVE)
         if b.expand is not None:
             conv(b.expand)
         dw = b.depthwise
-        program.extend([isa.DW, tensor(dw.weight), tensor(dw.bias), dw.stride, dw.padding, dw.dilation, act(dw.act)])
+        w.emit(isa.DW, tensor(dw.weight), tensor(dw.bias), dw.stride, dw.padding, dw.dilation, act(dw.act))
         se(b.se)
         conv(b.project, b.residual)
-        program.extend([isa.MARK, dw.stride])
+        w.emit(isa.MARK, dw.stride)
     conv(plan.last_conv)
     last = plan.last
     se(last.se)
     if last.bn_scale is not None:
-        program.extend([isa.AFFINE, tensor(last.bn_scale), tensor(last.bn_shift)])
-    program.extend([isa.ACT, act(last.act), isa.MARK, 1, isa.POOL])
-    linear(plan.head)
-    linear(plan.classifier)
-    return CpuProgram(tensors, program, len(plan.blocks) + 2)
+        w.emit(isa.AFFINE, tensor(last.bn_scale), tensor(last.bn_shift))
+    w.emit(isa.ACT, act(last.act))
+    w.emit(isa.MARK, 1)
+    w.emit(isa.POOL)
+    w.linear(plan.head)
+    w.linear(plan.classifier)
+    return w.done(len(plan.blocks) + 2)

@@ -1,0 +1,210 @@
+"""int8 on the CPU: static post-training quantization of a folded plan, lowered
+to an int8 CPU program (the QSTEM/QCONV/QDW/QSE/QPOOL instructions of
+`mnv3_fast.ops.cpu_program`).
+
+* Weights of the 1x1 convs (expand, project, last stage): int8, symmetric, one
+  scale per output channel, run by oneDNN's int8 convolution
+  (`onednn::qconv2d_pointwise`: VNNI / AMX-INT8 where the CPU has them) with
+  the activation and the residual add fused.
+* Activations between layers: uint8, one (scale, zero point) per tensor,
+  observed over the calibration batches.  The depthwise conv and SE read and
+  write uint8 but compute in fp32 with fp32 weights (depthwise int8 arithmetic
+  gains little: it is memory-bound, and uint8 I/O already quarters its traffic).
+* Stem (3 input channels) in fp32 with a uint8 output; the head (pooled
+  features, two small matrix products) in fp32.
+
+Quantization points, per block: the expand conv's output, the depthwise conv's
+(or, with SE, the SE's) output, and the block's output (after the residual
+add); the stem's and the last stage's outputs.
+"""
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ... import ops
+from ...ops import cpu_program as isa
+from ...ops.activations import activation
+from ...plan import Plan
+from .program import CpuProgram, ProgramWriter, pack_linear
+
+
+class Observer:
+    """The range of the values seen at one quantization point.
+
+    `percentile` < 100 clips the range to that percentile of |values| on each
+    side (from a sample of every batch), so that a few outliers don't spend the
+    256 codes; 100 is the plain min/max."""
+
+    SAMPLE = 65536  # values kept per batch for the percentile
+
+    def __init__(self, percentile: float):
+        self.percentile = percentile
+        self.low, self.high = [], []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.detach().float().flatten()
+        if self.percentile >= 100:
+            self.low.append(flat.min().item())
+            self.high.append(flat.max().item())
+            return x
+        if flat.numel() > self.SAMPLE:
+            flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[: self.SAMPLE]]
+        q = torch.tensor([1 - self.percentile / 100, self.percentile / 100], dtype=flat.dtype)
+        low, high = torch.quantile(flat, q).tolist()
+        self.low.append(low)
+        self.high.append(high)
+        return x
+
+    def qparams(self) -> tuple[float, int]:
+        """(scale, zero point) of uint8 codes covering the range (and 0, exactly)."""
+        if not self.low:
+            raise ValueError("mnv3_fast.quantize: a quantization point saw no data (empty calibration batches?)")
+        low = min(min(self.low), 0.0)
+        high = max(max(self.high), 0.0)
+        scale = max(high - low, 1e-8) / 255
+        return scale, int(min(255, max(0, round(-low / scale))))
+
+
+class BlockRanges(NamedTuple):
+    expand: Optional[Observer]
+    depthwise: Optional[Observer]  # without SE
+    se: Optional[Observer]
+    out: Observer
+
+
+class Ranges(NamedTuple):
+    stem: Observer
+    blocks: tuple
+    last: Observer
+
+
+def check_quantizable(plan: Plan) -> None:
+    if plan.last.se is not None or plan.last.bn_scale is not None:
+        raise ValueError("mnv3_fast.quantize: the seed variant's last stage (SE between the conv and its BN) is "
+                         "not supported in int8; quantize a paper-variant model (torchvision / timm layout)")
+    for i, b in enumerate(plan.blocks):
+        if b.project.act != "none":
+            raise ValueError(f"mnv3_fast.quantize: block {i} has an activation after its projection (the seed "
+                             "variant); int8 supports the paper variant (torchvision / timm layout)")
+
+
+@torch.no_grad()
+def observe(plan: Plan, batches: Iterable[torch.Tensor], percentile: float) -> Ranges:
+    """Runs the float32 plan over the calibration batches, recording each quantization point's range."""
+    def new():
+        return Observer(percentile)
+
+    ranges = Ranges(new(), tuple(BlockRanges(new() if b.expand else None, None if b.se else new(),
+                                             new() if b.se else None, new()) for b in plan.blocks), new())
+    seen = 0
+    for x in batches:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"mnv3_fast.quantize: calibration batches must be (N, 3, H, W) tensors, got "
+                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else list(x.shape)}")
+        seen += 1
+        x = x.float()
+        s = plan.stem
+        y = ranges.stem(activation(F.conv2d(x, s.weight, s.bias, s.stride, s.padding), s.act))
+        for b, r in zip(plan.blocks, ranges.blocks):
+            h = y
+            if b.expand is not None:
+                e = b.expand
+                h = r.expand(activation(F.conv2d(h, e.weight, e.bias, e.stride, e.padding), e.act))
+            h = ops.reference_ops.dw_conv_bn_act(h, *b.depthwise)
+            if b.se is not None:
+                h = r.se(ops.reference_ops.squeeze_excite(h, *b.se))
+            else:
+                r.depthwise(h)
+            p = b.project
+            h = F.conv2d(h, p.weight, p.bias, p.stride, p.padding)
+            y = r.out(y + h if b.residual else h)
+        c = plan.last.conv
+        ranges.last(activation(F.conv2d(y, c.weight, c.bias, c.stride, c.padding), c.act))
+    if not seen:
+        raise ValueError("mnv3_fast.quantize: calibration_batches yielded no batch")
+    return ranges
+
+
+class Int8Conv(NamedTuple):
+    weight: torch.Tensor  # packed by onednn::qconv_prepack
+    scale: torch.Tensor  # float32, per output channel
+    zero_point: torch.Tensor  # int32 zeros (symmetric)
+    bias: Optional[torch.Tensor]
+    stride: int
+    padding: int
+    act: str
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes and fp32 per-output-channel scales, symmetric: w ~ q * scale, q in [-127, 127]."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=tuple(range(1, w.dim()))).clamp_min(1e-12) / 127
+    q = torch.clamp(torch.round(w / scale.reshape(-1, *([1] * (w.dim() - 1)))), -127, 127).to(torch.int8)
+    return q, scale
+
+
+def int8_conv(step, in_qparams: tuple[float, int]) -> Int8Conv:
+    q, scale = quantize_weight(step.weight)
+    packed = torch.ops.onednn.qconv_prepack(q.contiguous(memory_format=torch.channels_last), scale,
+                                            in_qparams[0], in_qparams[1], [step.stride] * 2, [step.padding] * 2,
+                                            [1, 1], 1, None)
+    bias = None if step.bias is None else step.bias.detach().float()
+    return Int8Conv(packed, scale, torch.zeros(scale.shape[0], dtype=torch.int32), bias, step.stride, step.padding,
+                    step.act)
+
+
+def qparams_tensor(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+@torch.no_grad()
+def encode_int8_program(plan: Plan, ranges: Ranges, batch: int) -> CpuProgram:
+    """The int8 program of a float32 plan with observed ranges, its head packed for `batch` rows."""
+    w = ProgramWriter()
+    tensor, act = w.tensor, w.act
+
+    def qconv(step, q_in, q_out, q_res=None):
+        c = int8_conv(step, q_in)
+        qp = qparams_tensor(*q_in, *q_out, *(q_res or (0.0, 0)))
+        w.emit(isa.QCONV, tensor(c.weight), tensor(c.scale), tensor(c.zero_point), tensor(c.bias), c.stride,
+               c.padding, act(c.act), int(q_res is not None), tensor(qp))
+
+    def floats(t):
+        return None if t is None else t.detach().float()
+
+    s = plan.stem
+    q = ranges.stem.qparams()
+    w.emit(isa.QSTEM, tensor(floats(s.weight)), tensor(floats(s.bias)), s.stride, s.padding, act(s.act),
+           tensor(qparams_tensor(*q)))
+    w.emit(isa.MARK, s.stride)
+    for b, r in zip(plan.blocks, ranges.blocks):
+        q_in = q
+        if b.residual:
+            w.emit(isa.SAVE)
+        if b.expand is not None:
+            q_e = r.expand.qparams()
+            qconv(b.expand, q, q_e)
+            q = q_e
+        dw = b.depthwise
+        q_dw = (0.0, 0) if b.se is not None else r.depthwise.qparams()  # (SE reads the dw output as float32)
+        w.emit(isa.QDW, tensor(floats(dw.weight)), tensor(floats(dw.bias)), dw.stride, dw.padding, dw.dilation,
+               act(dw.act), tensor(qparams_tensor(*q, *q_dw)))
+        q = q_dw
+        if b.se is not None:
+            q = r.se.qparams()
+            w.emit(isa.QSE, *(tensor(floats(t)) for t in b.se), tensor(qparams_tensor(*q)))
+        q_out = r.out.qparams()
+        qconv(b.project, q, q_out, q_in if b.residual else None)
+        q = q_out
+        w.emit(isa.MARK, dw.stride)
+    q_last = ranges.last.qparams()
+    qconv(plan.last.conv, q, q_last)
+    w.emit(isa.MARK, 1)
+    w.emit(isa.QPOOL, tensor(qparams_tensor(*q_last)))
+    w.linear(pack_linear(plan.head._replace(weight=floats(plan.head.weight), bias=floats(plan.head.bias)), batch))
+    w.linear(pack_linear(plan.classifier._replace(weight=floats(plan.classifier.weight),
+                                                  bias=floats(plan.classifier.bias)), batch))
+    return w.done(len(plan.blocks) + 2)
