@@ -40,10 +40,12 @@ from mnv3_fast.testing import calibrate_bn_
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPU_PRECISIONS = ("fp32", "bf16", "int8")
 CUDA_PRECISIONS = ("fp32", "fp16", "bf16")
-ALL_ENGINES = ("eager", "eager_cl", "fast", "fast_cl", "compile", "onnxruntime", "openvino", "openvino_default",
-               "torchvision")
+ALL_ENGINES = ("eager", "eager_cl", "fast", "fast_cl", "fast_graphs", "compile", "compile_max", "onnxruntime",
+               "openvino", "openvino_default", "torchvision")
+#: The engines a plain `run.py` runs (fast_graphs and compile_max are for CUDA: gpu_check.sh names them).
+DEFAULT_ENGINES = tuple(e for e in ALL_ENGINES if e not in ("fast_graphs", "compile_max"))
 #: Engines whose first call compiles (minutes on a small CPU): --quick and --no-compile skip them.
-COMPILING = ("compile",)
+COMPILING = ("compile", "compile_max")
 
 
 class EngineUnavailable(Exception):
@@ -188,9 +190,13 @@ def eager(models, precision, threads, memory_format=torch.contiguous_format, nam
     return _torch_engine(name, _cast(models.reference, dtype, memory_format), dtype, memory_format, precision, threads)
 
 
-def fast(models, precision, threads, memory_format=torch.contiguous_format, name="mnv3_fast"):
+def fast(models, precision, threads, memory_format=torch.contiguous_format, name="mnv3_fast", graphs=False):
     notes = [] if mnv3_fast.ops.HAS_CPU_KERNELS or models.device != "cpu" else [
         f"C++ kernels missing ({mnv3_fast.ops.EXTENSION_ERROR}): PyTorch fallbacks"]
+    if graphs:
+        if models.device != "cuda":
+            raise EngineUnavailable("CUDA graphs need a CUDA device")
+        notes.append("model.cuda_graphs(True): the backend's own graph per input shape")
     if precision == "int8":
         quantize = getattr(mnv3_fast, "quantize", None)
         if quantize is None:
@@ -203,7 +209,7 @@ def fast(models, precision, threads, memory_format=torch.contiguous_format, name
         engine.setup_s = quantize_s
         return engine
     dtype = DTYPES[precision]
-    model = _cast(mnv3_fast.convert(models.reference), dtype, memory_format)
+    model = _cast(mnv3_fast.convert(models.reference), dtype, memory_format).cuda_graphs(graphs)
     return _torch_engine(name, model, dtype, memory_format, precision, threads, notes)
 
 
@@ -440,6 +446,10 @@ def build(key: str, models: Models, precision: str, threads: Optional[int] = Non
         return fast(models, precision, threads, name="mnv3_fast (NCHW)")
     if key == "fast_cl":
         return fast(models, precision, threads, cl, name="mnv3_fast (channels_last)")
+    if key == "fast_graphs":
+        return fast(models, precision, threads, cl, name="mnv3_fast (channels_last, CUDA graphs)", graphs=True)
+    if key == "compile_max":
+        return compiled(models, precision, threads, "max-autotune", name="torch.compile (max-autotune)")
     if key == "compile":
         return compiled(models, precision, threads, compile_mode,
                         name="torch.compile" + (f" ({compile_mode})" if compile_mode else ""))

@@ -53,13 +53,19 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=224, help="input height and width")
     p.add_argument("--threads", default=None, help="comma-separated CPU thread counts; every engine runs at each "
                                                    "(default: 1 and all usable cores)")
-    p.add_argument("--engines", default=",".join(E.ALL_ENGINES),
-                   help=f"comma-separated subset of {','.join(E.ALL_ENGINES)}")
+    p.add_argument("--engines", default=",".join(E.DEFAULT_ENGINES),
+                   help=f"comma-separated subset of {','.join(E.ALL_ENGINES)} (default: all but fast_graphs and "
+                        "compile_max, which gpu_check.sh adds on CUDA)")
     p.add_argument("--repeats", type=int, default=None, help="timed samples per engine and cell (default 7; --quick 3)")
     p.add_argument("--no-compile", action="store_true",
                    help="skip torch.compile and PT2E (their first call compiles for a minute or more per cell)")
     p.add_argument("--max-autotune", action="store_true", help="torch.compile with mode='max-autotune' (CUDA)")
-    p.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: skip the CUDA-graph rows at batch 1")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: skip eager's CUDA-graph rows at batch 1")
+    p.add_argument("--compile-budget-s", type=float, default=None,
+                   help="seconds of torch.compile first calls (compilation) allowed in the whole run; once spent, "
+                        "the remaining compiling engines are skipped and listed as such")
+    p.add_argument("--max-autotune-batches", default=None,
+                   help="comma-separated batch sizes at which the compile_max engine runs (default: all)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 3 samples, 1 warm-up call, no torch.compile; not a measurement")
     p.add_argument("--out", default=None, help="output folder (default: a new benchmarks/runs/<date>_<time>_<device>_<mode>/); "
@@ -98,6 +104,12 @@ def parse_args(argv=None):
         if args.threads[0] < 1:
             p.error("--threads must be >= 1")
     args.repeats = args.repeats or (3 if args.quick else 7)
+    try:
+        args.max_autotune_batches = (None if args.max_autotune_batches is None
+                                     else [int(b) for b in args.max_autotune_batches.split(",")])
+    except ValueError:
+        p.error(f"--max-autotune-batches takes comma-separated integers, got {args.max_autotune_batches!r}")
+    args.compile_spent_s = 0.0
     args.warmup = 1 if args.quick else 3
     args.mode = "quick" if args.quick else "full"
     return args
@@ -213,6 +225,17 @@ def cell_steps(args) -> int:
     return len(args.engines) * len(args.threads) + args.repeats + 1
 
 
+def _compile_skip(key, batch, args):
+    """Why a compiling engine does not run in this cell (GPU check time bounds), or None."""
+    if key not in E.COMPILING:
+        return None
+    if key == "compile_max" and args.max_autotune_batches is not None and batch not in args.max_autotune_batches:
+        return f"not at batch {batch} (--max-autotune-batches {','.join(map(str, args.max_autotune_batches))})"
+    if args.compile_budget_s is not None and args.compile_spent_s >= args.compile_budget_s:
+        return f"the compile budget ({args.compile_budget_s:.0f} s, --compile-budget-s) is spent"
+    return None
+
+
 def measure_cell(index, arch, dtype, batch, args, models, progress):
     """Builds every engine at every thread count for one cell, checks its outputs, times them interleaved."""
     label = f"[{index + 1}/{args.n_cells}] {arch.capitalize()} {dtype} b{batch}"
@@ -232,6 +255,11 @@ def measure_cell(index, arch, dtype, batch, args, models, progress):
             "skipped": []}
     built, rows = {}, []
     for key in args.engines:
+        why = _compile_skip(key, batch, args)
+        if why:
+            cell["skipped"].append({"key": key, "engine": E.display_name(key, dtype), "reason": why})
+            progress.step(len(args.threads))
+            continue
         accuracy = None
         for ti, threads in enumerate(args.threads):
             what = E.display_name(key, dtype) + (f", {R.thread_label(threads)}" if threads else "")
@@ -252,6 +280,8 @@ def measure_cell(index, arch, dtype, batch, args, models, progress):
                 if args.device == "cuda":
                     torch.cuda.synchronize()
                 first_call_s = time.perf_counter() - start
+                if key in E.COMPILING:
+                    args.compile_spent_s += first_call_s
                 if accuracy is None:  # the same function at another thread count: checked once
                     progress.status(f"{label}: checking {what} against fp32 eager on {expected.shape[0]} images")
                     accuracy = _accuracy(torch.cat([engine.run(c).float() for c in chunks]), expected)
@@ -268,7 +298,8 @@ def measure_cell(index, arch, dtype, batch, args, models, progress):
             built[tag] = engine
             rows.append(dict(tag=tag, engine=engine.name, key=key, precision=engine.precision, threads=threads,
                              first_call_s=first_call_s, setup_s=engine.setup_s, notes=engine.notes, **accuracy))
-            if args.device == "cuda" and batch == 1 and key in ("eager", "fast", "fast_cl") and not args.no_cuda_graphs:
+            # (mnv3_fast's own graphs are the fast_graphs engine: model.cuda_graphs(True))
+            if args.device == "cuda" and batch == 1 and key in ("eager", "eager_cl") and not args.no_cuda_graphs:
                 graphed = E.cuda_graph(engine, x)
                 built[graphed.name + "@None"] = graphed
                 rows.append(dict(rows[-1], tag=graphed.name + "@None", engine=graphed.name, notes=graphed.notes,

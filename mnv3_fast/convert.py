@@ -288,7 +288,7 @@ def _timm_config(model) -> NetworkConfig:
 # match, so that a checkpoint with a key missing (even its first) is still recognised, and the
 # error can name what is missing.
 _LAYOUT_KEYS = {
-    "torchvision": re.compile(r"(features|classifier)\."),
+    "torchvision": re.compile(r"features\.\d+\.(\d+|block)\.|classifier\.[03]\."),
     "timm": re.compile(r"(conv_stem|bn1|bn2|blocks|conv_head|classifier)\."),
     "seed": re.compile(r"(init_conv|out_conv[12])\.|block\.\d+\.(conv|depth_conv|squeeze_block|point_conv)\."),
     "paper": re.compile(r"(init_conv|out_conv[12])\.|block\.\d+\.(expand_conv|depthwise_conv|squeeze_excite|"

@@ -250,3 +250,50 @@ def test_reports_without_thread_counts(tmp_path):
     assert "| engine | precision | ms/image |" in R.markdown(results, args)
     assert R.plot(results, str(tmp_path / "chart.png"), args) is None
     assert (tmp_path / "chart.png").stat().st_size > 10_000
+
+
+def test_compile_budget_and_max_autotune_batches_are_reported(tmp_path):
+    """The GPU check's time bounds: compiling engines past --compile-budget-s, and compile_max off its
+    --max-autotune-batches, are skipped and say so (not --quick: that drops compiling engines anyway)."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--arch", "small", "--size", "32",
+           "--batch", "1", "--repeats", "1", "--engines", "eager,compile,compile_max", "--compile-budget-s", "0",
+           "--max-autotune-batches", "256", "--threads", "1", "--out", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [r["engine"] for r in data["rows"]] == ["eager (NCHW)"]
+    assert [(s["key"], s["reason"]) for s in data["cells"][0]["skipped"]] == [
+        ("compile", "the compile budget (0 s, --compile-budget-s) is spent"),
+        ("compile_max", "not at batch 1 (--max-autotune-batches 256)")]
+    assert "the compile budget (0 s, --compile-budget-s) is spent" in (tmp_path / "results.md").read_text()
+
+
+def test_gpu_check_dry_run_and_the_traffic_model(tmp_path):
+    """benchmarks/gpu_check.sh's CPU-side steps (DRY_RUN=1): the GPU steps are listed as skipped and the
+    traffic model (benchmarks/gpu_model.py) runs; its numbers are consistent."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # (the model records launches)
+    env.update(DRY_RUN="1", OUT=str(tmp_path), PYTHONPATH=ROOT)
+    result = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh")], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = (tmp_path / "gpu_check.log").read_text()
+    for name in ("machine", "install", "cuda tests", "kernels", "model benchmark"):
+        assert f"=== {name}: skipped (DRY_RUN=1" in log
+    assert "=== traffic model: exit 0" in log and "gpu_check: ok" in log
+    out = tmp_path / "model.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_model.py"), "--json", str(out)], env=env,
+                   check=True, capture_output=True, timeout=300)
+    rows = {(r["model"], r["design"], r["batch"]): r for r in json.loads(out.read_text())}
+
+    from mnv3_fast import config
+
+    for model in ("large", "small"):
+        blocks = config.build_config(model.upper()).blocks
+        # stem, per block [expand] + dw + [SE gate] + project, pooled last stage, head's two GEMMs
+        expected = 1 + sum(b.has_expand + 2 + b.has_se for b in blocks) + 1 + 2
+        assert rows[(model, "this backend", 1)]["launches"] == expected
+        for batch in (1, 256):
+            eager, mine, ideal = (rows[(model, d, batch)]["mb_per_image"] for d in
+                                  ("eager (torchvision)", "this backend", "ideal block-fused"))
+            assert eager > mine > ideal > 0
+        assert rows[(model, "eager (reference)", 256)]["mb_per_image"] > rows[(model, "eager (torchvision)", 256)]["mb_per_image"]

@@ -84,6 +84,17 @@ def model_reasons(model, call: Call) -> list[str]:
     return reasons
 
 
+def inference_reasons(call: Call, program: str) -> list[str]:
+    """Why an inference-only program (one without autograd) cannot run this call."""
+    reasons = []
+    if call.training:
+        reasons.append(f"the model is in train mode ({program} is inference only)")
+    if call.grad:
+        reasons.append("gradients are needed (grad mode is on and the input or a weight requires grad), "
+                       f"and {program} has no autograd")
+    return reasons
+
+
 def folded_plan(model, call: Call) -> Plan:
     """The BN-folded plan in the call's dtype: cached, except while tracing (the folds are traced) or
     when gradients must reach the weights (the folds are recomputed differentiably)."""
@@ -140,5 +151,5 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-__all__ = ["Backend", "Call", "compute_dtype", "dtype_name", "folded_plan", "make_call", "model_reasons",
-           "layer_reasons"]
+__all__ = ["Backend", "Call", "compute_dtype", "dtype_name", "folded_plan", "inference_reasons", "make_call",
+           "model_reasons", "layer_reasons"]

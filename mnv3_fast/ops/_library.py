@@ -110,13 +110,43 @@ def define(schema: str, reference_impl: Callable, fake: Callable) -> str:
     return qualname
 
 
+def define_triton(schema: str, reference_impl: Callable, fake: Callable, dtype_arg: int = 0) -> str:
+    """Defines `mnv3::<schema>` like `define`, for an op whose CUDA kernel is a Triton launcher
+    that computes in at most fp32 (so float64, like every other device, runs the reference;
+    `dtype_arg` is the argument whose dtype decides).
+
+    Where torch has `torch.library.triton_op` (2.6+) the op is one: torch.compile and export
+    trace into its implementation and see the Triton launches (the launchers wrap their
+    kernels in `torch.library.wrap_triton`) instead of an opaque call.  Without it, or without
+    triton, the op is the same schema through `define`."""
+    name, signature = schema.split("(", 1)
+    if not hasattr(torch.library, "triton_op"):
+        return define(schema, reference_impl, fake)
+    from ._checks import TRITON_DTYPES
+
+    def impl(*args):
+        arg = args[dtype_arg]
+        launcher = CUDA_KERNELS.get(name) if arg.device.type == "cuda" and arg.dtype in TRITON_DTYPES else None
+        return (launcher or reference_impl)(*args)
+
+    impl.__name__ = name
+    op = torch.library.triton_op(f"mnv3::{name}", impl, mutates_args=(), schema="(" + signature)
+    op.register_fake(fake)
+    return f"mnv3::{name}"
+
+
+#: The ops whose CUDA kernels are the same-named launchers of mnv3_fast.ops.triton.
+TRITON_OPS = ("hswish", "hsigmoid", "dw_conv_bn_act", "squeeze_excite", "pw_conv_bn_act", "stem_conv", "se_gate",
+              "classifier_head")
+
+
 def register_triton_kernels() -> str | None:
     """Makes the Triton launchers the ops' CUDA kernels; returns why not, or None."""
     try:
         from . import triton as triton_ops
     except ImportError as exc:
         return f"triton is not available ({exc})"
-    for name in ("hswish", "hsigmoid", "dw_conv_bn_act", "squeeze_excite"):
+    for name in TRITON_OPS:
         CUDA_KERNELS[name] = getattr(triton_ops, name)
     return None
 
@@ -131,4 +161,4 @@ if EXTENSION_ERROR is not None:
         stacklevel=2,
     )
 
-__all__ = ["LIB", "EXTENSION_ERROR", "CUDA_KERNELS", "define", "register_triton_kernels"]
+__all__ = ["LIB", "EXTENSION_ERROR", "CUDA_KERNELS", "TRITON_OPS", "define", "define_triton", "register_triton_kernels"]

@@ -160,7 +160,9 @@ class PlanCache:
     #: dtype; "cpu_program": packed, encoded CPU programs, one per (dtype, input shape), each holding a
     #: copy of the weights; "cpu_peak": the activation peak per image shape (a number).
     #: "checks": per-state answers of the backends' checks (strings).
-    BOUNDS = {"folded": 4, "cpu_program": 8, "cpu_peak": 64, "checks": 8}
+    #: "cuda_program": the CUDA backend's prepared weights, one per (dtype, device); "cuda_graph": its
+    #: captured CUDA graphs, one per (dtype, input shape and strides, device), each holding its buffers.
+    BOUNDS = {"folded": 4, "cpu_program": 8, "cpu_peak": 64, "checks": 8, "cuda_program": 4, "cuda_graph": 4}
     #: Kinds whose entries are big: memory is handed back to the OS when they go.
     BIG = {"cpu_program"}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ...ops import cpu_program as isa
-from ..base import Backend, dtype_name, folded_plan, layer_reasons, model_reasons
+from ..base import Backend, dtype_name, folded_plan, inference_reasons, layer_reasons, model_reasons
 from ..generic import GenericBackend
 from .program import HAS_ONEDNN, CpuProgram, activation_peak, encode_program, pack_plan
 from .threads import run_timed
@@ -37,11 +37,7 @@ class CpuProgramBackend(Backend):
             reasons.append("this torch is built without oneDNN (torch.backends.mkldnn)")
         if call.dtype not in DTYPES:
             reasons.append(f"{dtype_name(call.dtype)}: the CPU program runs float32 and bfloat16")
-        if call.training:
-            reasons.append("the model is in train mode (the program is inference only)")
-        if call.grad:
-            reasons.append("gradients are needed (grad mode is on and the input or a weight requires grad), "
-                           "and the program has no autograd")
+        reasons += inference_reasons(call, "the program")
         if call.empty:
             reasons.append("the batch is empty (oneDNN cannot pack weights for it)")
         if reasons:
