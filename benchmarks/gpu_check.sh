@@ -47,7 +47,7 @@ gpu_step() {  # as step, skipped (and said so) in a dry run
 cd "$REPO"
 gpu_step "machine" 30 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c "import torch, triton, sys; print(sys.version.split()[0], torch.__version__, triton.__version__, torch.cuda.get_device_name())"'
 gpu_step "install" 150 env MAX_JOBS=16 MNV3_REQUIRE_EXTENSION=1 python3 -m pip install --no-build-isolation --no-deps -q -e .
-gpu_step "cuda tests" 150 python3 -m pytest -q -m cuda -p no:cacheprovider --maxfail=10 tests/test_cuda.py
+gpu_step "cuda tests" 150 python3 -m pytest -q -m cuda -p no:cacheprovider --maxfail=10 tests/
 step "traffic model" 30 bash -c "python3 benchmarks/gpu_model.py --batch 1,256 > '$OUT/model.txt' && python3 benchmarks/gpu_model.py --per-launch --model large --batch 256 >> '$OUT/model.txt' && cat '$OUT/model.txt'"
 gpu_step "kernels" 60 python3 benchmarks/gpu_kernels.py --model large,small --batch 256 --dtype fp16 --iterations 5 --out "$OUT"
 gpu_step "model benchmark" 180 python3 benchmarks/run.py --device cuda --arch large,small --batch 1,256 --dtype fp16,bf16 \

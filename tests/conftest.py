@@ -62,3 +62,66 @@ def poison_outputs():
 
 def extension_required() -> bool:
     return os.environ.get("MNV3_ALLOW_FALLBACK") != "1"
+
+
+# ---------------------------------------------------------------- where the op tests run
+#
+# Each op test is written once and runs on every target (in the spirit of extension-cpp's
+# sample_inputs(device)):
+#   "cpu":    torch.ops.mnv3 on CPU tensors (the C++ kernels);
+#   "triton": the Triton launchers (mnv3_fast.ops.triton) on CPU tensors under Triton's interpreter,
+#             on machines without a GPU: ~20-40 ms per program, so `target.tiny` asks for small shapes;
+#   "cuda":   torch.ops.mnv3 on CUDA tensors (the Triton kernels, compiled), marked `cuda`.
+# A test that takes both `target` and `dtype` gets every dtype its target supports.
+
+
+class Target:
+    def __init__(self, name: str):
+        self.name = name
+        self.device = "cuda" if name == "cuda" else "cpu"
+        self.tiny = name == "triton"
+        if name == "triton":
+            import mnv3_fast.ops.triton as ops
+        else:
+            ops = torch.ops.mnv3
+        self.ops = ops
+        self.dtypes = CPU_DTYPES if name == "cpu" else (torch.float32, torch.float16, torch.bfloat16)
+
+    def __repr__(self):
+        return self.name
+
+    def to(self, t):
+        return None if t is None else t.to(self.device)
+
+
+INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+TARGETS = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("triton", id="triton", marks=pytest.mark.skipif(
+        not INTERPRETER, reason="the Triton interpreter is off (a GPU machine): the cuda target runs the kernels")),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU (run by benchmarks/gpu_check.sh)")]),
+]
+
+
+@pytest.fixture
+def target(request) -> Target:
+    if request.param == "triton":
+        pytest.importorskip("triton")
+    return Target(request.param)
+
+
+def _target_dtypes(name):
+    return CPU_DTYPES if name == "cpu" else (torch.float32, torch.float16, torch.bfloat16)
+
+
+def pytest_generate_tests(metafunc):
+    if "target" not in metafunc.fixturenames:
+        return
+    if "dtype" in metafunc.fixturenames and "dtype" not in {m.args[0] for m in metafunc.definition.iter_markers(
+            "parametrize")}:
+        params = [pytest.param(p.values[0], d, id=f"{p.id}-{str(d).replace('torch.', '')}", marks=p.marks)
+                  for p in TARGETS for d in _target_dtypes(p.values[0])]
+        metafunc.parametrize(("target", "dtype"), params, indirect=["target"])
+    else:
+        metafunc.parametrize("target", TARGETS, indirect=True)

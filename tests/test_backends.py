@@ -2,14 +2,13 @@
 Also: the tables the C++ side keeps agree with their Python source."""
 import pytest
 import torch
+from conftest import randn
 
 import mnv3_fast
 from mnv3_fast import backends, ops, reference
 from mnv3_fast.ops import cpu_program
 from mnv3_fast.ops._checks import ACTIVATIONS
 from mnv3_fast.testing import calibrate_bn_
-
-from conftest import randn
 
 
 @pytest.fixture

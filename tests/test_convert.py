@@ -8,6 +8,7 @@ max |source|.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections import OrderedDict
@@ -16,12 +17,12 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import randn
 from torch import nn
 
 import mnv3_fast
 from mnv3_fast import reference
-
-from conftest import randn
+from mnv3_fast.testing import calibrate_bn_
 
 REL_TOL = 1e-4
 INPUT_SHAPE = (2, 3, 81, 97)  # odd, non-square: exercises padding and strides
@@ -39,28 +40,14 @@ TIMM_NAMES = (
 
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine params, random biases and Linear weights; eval mode."""
+    """Calibrated-then-perturbed BN statistics (mnv3_fast.testing.calibrate_bn_), and Linear weights
+    at 1/sqrt(fan_in) (torchvision's N(0, 0.01) init makes tiny logits); eval mode."""
     g = torch.Generator().manual_seed(seed)
-
-    def normal(t, std):
-        return torch.randn(t.shape, generator=g) * std
-
-    def uniform(t, low, high):
-        return low + (high - low) * torch.rand(t.shape, generator=g)
-
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(normal(m.running_mean, 0.2))
-                m.running_var.copy_(uniform(m.running_var, 0.5, 2.0))
-                m.weight.copy_(uniform(m.weight, 0.5, 1.5))
-                m.bias.copy_(normal(m.bias, 0.2))
-            elif isinstance(m, (nn.Conv2d, nn.Linear)):
-                if isinstance(m, nn.Linear):  # torchvision's N(0, 0.01) init makes tiny logits
-                    m.weight.copy_(normal(m.weight, 1.0 / math.sqrt(m.in_features)))
-                if m.bias is not None:
-                    m.bias.copy_(normal(m.bias, 0.2))
-    return model.eval()
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.in_features))
+    return calibrate_bn_(model, seed=seed)
 
 
 def reference_model(variant: str, mode: str, multiplier: float = 1.0) -> reference.MobileNetV3:
@@ -101,17 +88,26 @@ def with_dataparallel_prefix(state_dict: dict) -> OrderedDict:
 
 
 def assert_same_logits(fast: nn.Module, source: nn.Module, seed: int = 1) -> None:
+    """The converted model computes the source's function: exactly in float64, and in float32 as close
+    to it as the source's own float32 run is (calibrated BN statistics make the network amplify
+    rounding, so eager float32 itself can be ~1e-4 off)."""
     assert isinstance(fast, mnv3_fast.MobileNetV3)
     assert not fast.training, "the converted model must be in eval mode"
     x = randn(*INPUT_SHAPE, seed=seed)
     with torch.no_grad():
-        expected = source(x)
-        out = fast(x)
+        expected = copy.deepcopy(source).double()(x.double())
+        out64 = copy.deepcopy(fast).double()(x.double())
+        out, eager = fast(x), source(x)
     assert out.shape == expected.shape
     assert torch.isfinite(expected).all()
     assert not torch.allclose(expected[0], expected[1]), "degenerate source: logits do not depend on the input"
-    rel_err = ((out - expected).abs().max() / expected.abs().max()).item()
-    assert rel_err <= REL_TOL, f"relative error {rel_err:.3g} > {REL_TOL}"
+
+    def rel(a):
+        return ((a.double() - expected).abs().max() / expected.abs().max()).item()
+
+    assert rel(out64) <= 1e-9, f"float64 relative error {rel(out64):.3g}"
+    tolerance = max(REL_TOL, 3 * rel(eager))
+    assert rel(out) <= tolerance, f"relative error {rel(out):.3g} > {tolerance:.3g}"
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -240,7 +236,7 @@ def test_converted_torchvision_feature_maps(arch):
         expected = expected_by_size[m.shape[-1]]
         assert m.shape == expected.shape
         rel_err = ((m - expected).abs().max() / expected.abs().max()).item()
-        assert rel_err <= REL_TOL, f"map {tuple(m.shape)}: relative error {rel_err:.3g}"
+        assert rel_err <= 10 * REL_TOL, f"map {tuple(m.shape)}: relative error {rel_err:.3g}"  # (two fp32 runs)
 
 
 # ---------------------------------------------------------------- convert: the source is left alone

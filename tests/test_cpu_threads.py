@@ -2,12 +2,11 @@
 one, whichever recent calls say is faster; and run_cpu_program's `threads` argument."""
 import pytest
 import torch
+from conftest import randn
 
 import mnv3_fast
 from mnv3_fast.backends.cpu.threads import ThreadTiming
 from mnv3_fast.ops import cpu_program as cp
-
-from conftest import randn
 
 
 def drive(timing, cost, calls, all_threads=2):

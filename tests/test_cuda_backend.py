@@ -9,12 +9,11 @@ import textwrap
 
 import pytest
 import torch
+from conftest import assert_close_rel, randn
 
 import mnv3_fast
 from mnv3_fast import backends, reference
 from mnv3_fast.testing import calibrate_bn_
-
-from conftest import assert_close_rel, randn
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 needs_interpreter = pytest.mark.skipif(not INTERPRETER, reason="runs the kernels on CPU tensors under the Triton "

@@ -3,15 +3,13 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_close_rel, randn
 
 import mnv3_fast
-from mnv3_fast import reference
-from mnv3_fast import backends
+from mnv3_fast import backends, reference
 from mnv3_fast.backends.cpu.program import activation_peak
 from mnv3_fast.plan import build_plan
 from mnv3_fast.testing import calibrate_bn_, input_sensitivity
-
-from conftest import assert_close_rel, randn
 
 RTOL = 1e-4  # fp32 CPU logits: max-abs difference over the reference's max-abs
 

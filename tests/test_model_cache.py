@@ -11,14 +11,13 @@ import weakref
 import pytest
 import torch
 import torch.nn.utils.prune as prune
+from conftest import assert_close_rel, randn
 from torch import nn
 
 import mnv3_fast
 from mnv3_fast import reference
 from mnv3_fast.plan.cache import PlanCache, read_state, read_state_python
 from mnv3_fast.testing import calibrate_bn_
-
-from conftest import assert_close_rel, randn
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,10 @@ interpreter in test_triton_kernels.py and compiled for sm_80/sm_90 in test_trito
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TOLERANCES, randn
 
 import mnv3_fast  # noqa: F401  (registers the ops)
 from mnv3_fast import ops
-
-from conftest import TOLERANCES, randn
 
 CL = torch.channels_last
 

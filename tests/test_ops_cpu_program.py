@@ -3,13 +3,12 @@ against its Python interpreter, and on bad programs."""
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import extension_required, randn
 
 import mnv3_fast
 from mnv3_fast import backends, ops
 from mnv3_fast.ops import cpu_program as cp
 from mnv3_fast.ops import reference_ops
-
-from conftest import extension_required, randn
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 pytestmark = needs_onednn

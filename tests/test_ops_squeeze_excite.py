@@ -1,12 +1,12 @@
-"""mnv3::squeeze_excite against the eager pool / conv / relu / conv / hardsigmoid / mul chain."""
+"""mnv3::squeeze_excite against the eager pool / conv / relu / conv / hardsigmoid / mul chain, on every
+target (the C++ kernels, the Triton kernels under the interpreter, on CUDA: see `target` in conftest.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import MEMORY_FORMATS, assert_close, randn
 
 from mnv3_fast import ops
 from mnv3_fast.ops import reference_ops
-
-from conftest import CPU_DTYPES, MEMORY_FORMATS, assert_close, randn
 
 # (channels, squeeze channels) of every SE in MobileNetV3-Large and -Small (paper variant).
 SE_SHAPES = [(72, 24), (120, 32), (480, 120), (672, 168), (960, 240), (16, 8), (96, 24), (240, 64), (144, 40),
@@ -23,13 +23,18 @@ def make_args(N, C, S, H, W, dtype=torch.float32, memory_format=torch.contiguous
     return x, w1, b1, w2, b2
 
 
-def check(args):
-    out = torch.ops.mnv3.squeeze_excite(*args)
+def check(args, op=None):
+    """`op` (default: torch.ops.mnv3's) against the float64 reference, in x's layout."""
+    out = (op or torch.ops.mnv3.squeeze_excite)(*args)
     expected = reference_ops.squeeze_excite(*(t.double() for t in args))
     assert out.shape == args[0].shape
     assert out.is_contiguous(memory_format=reference_ops.output_memory_format(args[0]))
     assert_close(out, expected, args[0].dtype)
     return out
+
+
+def check_on(target, args):
+    return check([target.to(t) for t in args], op=target.ops.squeeze_excite)
 
 
 def test_reference_matches_the_eager_chain():
@@ -39,27 +44,40 @@ def test_reference_matches_the_eager_chain():
     torch.testing.assert_close(reference_ops.squeeze_excite(x, w1, b1, w2, b2), x * gate)
 
 
-@pytest.mark.parametrize("dtype", CPU_DTYPES)
 @pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
 @pytest.mark.parametrize("C,S", SE_SHAPES)
-def test_mobilenet_layer_shapes(poison_outputs, C, S, memory_format, dtype):
-    for N, H, W in [(1, 7, 7), (3, 9, 13)]:
-        check(make_args(N, C, S, H, W, dtype, memory_format, conv_shapes=C % 2 == 0, seed=C))
+def test_mobilenet_layer_shapes(target, dtype, poison_outputs, C, S, memory_format):
+    """Every SE's widths; on CUDA also at the largest map an SE sees (28x28) and batch 8."""
+    if target.tiny and C > 144:
+        pytest.skip("the interpreter runs the wide layers too slowly; the cuda target covers them")
+    sizes = [(1, 7, 7), (3, 9, 13)] + ([(8, 28, 28)] if target.device == "cuda" else [])
+    for N, H, W in sizes:
+        check_on(target, make_args(N, C, S, H, W, dtype, memory_format, conv_shapes=C % 2 == 0, seed=C))
 
 
 @pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
-def test_odd_and_large_sizes(poison_outputs, memory_format):
-    for N, C, S, H, W in [(2, 13, 5, 11, 9), (1, 200, 9, 1, 1), (2, 72, 24, 57, 56), (5, 3, 1, 3, 2)]:
-        check(make_args(N, C, S, H, W, memory_format=memory_format))
+def test_odd_and_large_sizes(target, poison_outputs, memory_format):
+    shapes = [(2, 13, 5, 11, 9), (1, 20, 5, 1, 1), (5, 3, 1, 3, 2)] if target.tiny else [
+        (2, 13, 5, 11, 9), (1, 200, 9, 1, 1), (2, 72, 24, 57, 56), (5, 3, 1, 3, 2)]
+    for N, C, S, H, W in shapes:
+        check_on(target, make_args(N, C, S, H, W, memory_format=memory_format))
 
 
-def test_sliced_non_contiguous_and_empty(poison_outputs):
+def test_sliced_non_contiguous_and_empty(target, poison_outputs):
     x, w1, b1, w2, b2 = make_args(4, 16, 8, 10, 12)
     for sliced in (x[:, :, 1::2, 3:], x[1:3].transpose(2, 3), x.to(memory_format=torch.channels_last)[:, :, 2:-1]):
-        check((sliced, w1, b1, w2, b2))
-    check((x, torch.randn(16, 8).t(), b1, w2.t().contiguous().t(), b2))  # non-contiguous weights
-    check((x[:0], w1, b1, w2, b2))
-    check((x[:, :, :0], w1, b1, w2, b2))  # no pixels: an empty output, not a division by zero
+        check_on(target, (sliced, w1, b1, w2, b2))
+    check_on(target, (x, torch.randn(16, 8).t(), b1, w2.t().contiguous().t(), b2))  # non-contiguous weights
+    check_on(target, (x[:0], w1, b1, w2, b2))
+    check_on(target, (x[:, :, :0], w1, b1, w2, b2))  # no pixels: an empty output, not a division by zero
+    check_on(target, (x, w1[:0], b1[:0], w2[:, :0], b2))  # S = 0 (issue 14: a ZeroDivisionError in Triton)
+
+
+def test_nan_in_nan_out(target):
+    x, w1, b1, w2, b2 = make_args(2, 16, 8, 5, 5)
+    x[1, 3, 2, 2] = float("nan")
+    out = target.ops.squeeze_excite(*(target.to(t) for t in (x, w1, b1, w2, b2))).cpu()
+    assert out[1].isnan().any() and not out[0].isnan().any()
 
 
 @pytest.mark.parametrize("memory_format", MEMORY_FORMATS)

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randn
 
 import mnv3_fast
 from mnv3_fast import reference
@@ -14,8 +15,6 @@ from mnv3_fast.ops import cpu_program as cp
 from mnv3_fast.ops import reference_ops
 from mnv3_fast.plan import ConvStep
 from mnv3_fast.testing import calibrate_bn_, synthetic_shapes
-
-from conftest import randn
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.ops.onednn, "qconv2d_pointwise"), reason="no oneDNN int8 ops")
 

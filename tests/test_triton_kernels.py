@@ -14,10 +14,9 @@ import os
 
 import pytest
 import torch
+from conftest import assert_close, randn
 
 from mnv3_fast.ops import reference_ops
-
-from conftest import TOLERANCES, randn
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("the Triton interpreter is off (a GPU machine): tests/test_cuda.py covers the kernels",
@@ -33,11 +32,6 @@ pytestmark = pytest.mark.usefixtures("poison_outputs")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ACTS = ("none", "relu", "hswish")
 CL = torch.channels_last
-
-
-def assert_close(out, expected, dtype):
-    assert out.dtype == dtype
-    torch.testing.assert_close(out.double(), expected.double(), **TOLERANCES[dtype])
 
 
 def d(t):
@@ -202,6 +196,17 @@ def test_dw_conv_return_sums_and_nan():
     out, sums = tt.dw_conv_bn_act(x, w, b, 1, 1, 1, "relu", return_sums=True)
     assert out[1, 3, 3:6, 3:6].isnan().all() and out.isnan().sum() == 9
     assert sums[1, 3].isnan() and sums.isnan().sum() == 1
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL])
+def test_dw_conv_pool_sums_feed_squeeze_excite(memory_format):
+    """The generic path's fusion: the depthwise kernel's pool sums replace SE's pooling pass."""
+    x = randn(2, 16, 9, 9, memory_format=memory_format)
+    w, b = randn(16, 1, 3, 3, seed=1, scale=0.3), randn(16, seed=2)
+    out, sums = tt.dw_conv_bn_act(x, w, b, 1, 1, 1, "hswish", return_sums=True)
+    w1, b1, w2, b2 = randn(8, 16, seed=5), randn(8, seed=6), randn(16, 8, seed=7), randn(16, seed=8)
+    fused = tt.squeeze_excite(out, w1, b1, w2, b2, pool_sums=sums)
+    assert_close(fused, reference_ops.squeeze_excite(d(out), d(w1), d(b1), d(w2), d(b2)), torch.float32)
 
 
 # ---------------------------------------------------------------- SE gate from pool sums
