@@ -233,3 +233,17 @@ def test_cache_is_bounded_per_kind_and_goes_with_the_model(models):
     del fast
     gc.collect()
     assert cache() is None
+
+
+def test_validate_cache_off_is_the_documented_trade(models):
+    """validate_cache = False skips the per-call read: a change is then not seen until
+    clear_fused_cache(), exactly as documented (and with it on, it is)."""
+    ref, fast = fresh(models)
+    fast.validate_cache = False
+    with torch.no_grad():
+        before = fast(X)
+        for model in (ref, fast):
+            model.block[2].depthwise_conv[1].running_mean.add_(1.0)
+        assert torch.equal(fast(X), before)  # (not re-read: the old fold)
+        fast.clear_fused_cache()
+        assert_close_rel(fast(X), ref(X))

@@ -32,18 +32,19 @@ class Call(NamedTuple):
 
 
 def _tracing() -> Optional[str]:
-    if torch.onnx.is_in_onnx_export():
-        return "ONNX export"
+    # (Two cheap checks first: this runs on every call.  The dynamo ONNX exporter traces with
+    # torch.export, which is_compiling() covers, the TorchScript one with torch.jit.trace.)
     if torch.compiler.is_compiling():
-        return "torch.compile"
+        return "ONNX export" if torch.onnx.is_in_onnx_export() else "torch.compile"
     if torch.jit.is_tracing():
-        return "torch.jit.trace"
+        return "ONNX export" if torch.onnx.is_in_onnx_export() else "torch.jit.trace"
     return None
 
 
-def compute_dtype(model: ref.MobileNetV3, x: torch.Tensor) -> torch.dtype:
-    """The dtype the layers compute in; a clear error where eager PyTorch would raise a dtype mismatch."""
-    weight = model.init_conv[0].weight
+def compute_dtype(model: ref.MobileNetV3, x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.dtype:
+    """The dtype the layers compute in; a clear error where eager PyTorch would raise a dtype mismatch.
+    `weight`: the stem conv's weight, when the caller has it at hand."""
+    weight = model.init_conv[0].weight if weight is None else weight
     if weight.device.type != x.device.type or (x.device.index is not None and weight.device != x.device):
         raise ValueError(f"MobileNetV3: the input is on {x.device} but the model's weights are on {weight.device}; "
                          f"move one of them (x.to({str(weight.device)!r}) or model.to({str(x.device)!r}))")
@@ -58,13 +59,13 @@ def compute_dtype(model: ref.MobileNetV3, x: torch.Tensor) -> torch.dtype:
 
 def make_call(model, x: torch.Tensor) -> Call:
     tracing = _tracing()
-    view = None if tracing else model._plans.view(model)
+    view = None if tracing else model._plans.view(model, validate=model.validate_cache)
     grad_mode = torch.is_grad_enabled()
     if view is not None:
         weights_grad = grad_mode and view.state.requires_grad
     else:
         weights_grad = grad_mode and any(p.requires_grad for p in model.parameters())
-    return Call(x.device.type, x.numel() == 0, compute_dtype(model, x), tracing, model.training,
+    return Call(x.device.type, x.numel() == 0, compute_dtype(model, x, view and view.state.first_parameter), tracing, model.training,
                 weights_grad or (grad_mode and x.requires_grad), weights_grad, view)
 
 

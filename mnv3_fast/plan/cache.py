@@ -91,6 +91,11 @@ class ModelState(NamedTuple):
     training: Optional[nn.Module]  # a submodule in train mode whose output depends on it (BN, dropout)
     keep_alive: list  # every submodule, parameter and buffer: held with the key, so the ids it hashed stay unique
 
+    @property
+    def first_parameter(self) -> Optional[torch.Tensor]:
+        """The first parameter in module order (a MobileNetV3's stem conv weight)."""
+        return next((t for t in self.keep_alive if isinstance(t, torch.Tensor)), None)
+
 
 def read_state_python(model: nn.Module) -> ModelState:
     """Walks the module tree once, through the modules' own __dict__s (see the module docstring
@@ -169,21 +174,27 @@ class PlanCache:
     def __init__(self):
         self._lock = threading.Lock()
         self._key = None
+        self._state: Optional[ModelState] = None  # the state read last
         self._keep_alive: list = []
         self._entries: dict[str, OrderedDict] = {}
 
-    def view(self, model: nn.Module) -> "CacheView":
-        """Reads the model's state and returns the entries valid for it."""
+    def view(self, model: nn.Module, validate: bool = True) -> "CacheView":
+        """Reads the model's state and returns the entries valid for it.  validate=False reuses the
+        state read last (if any) without reading the model again: see MobileNetV3.validate_cache."""
+        last = self._state
+        if not validate and last is not None:
+            return CacheView(self, last)
         state = read_state(model)
         with self._lock:
             if state.key is None or state.key != self._key:
                 self._key, self._keep_alive, self._entries = state.key, state.keep_alive, {}
+            self._state = state if state.key is not None else None
         return CacheView(self, state)
 
     def clear(self) -> None:
         with self._lock:
             held_big = any(self._entries.get(kind) for kind in self.BIG)
-            self._key, self._keep_alive, self._entries = None, [], {}
+            self._key, self._keep_alive, self._entries, self._state = None, [], {}, None
         if held_big:
             release_memory()
 
