@@ -37,14 +37,19 @@ def _calibrate(fn: Callable, device: str, min_sample_s: float) -> int:
 
 
 def time_interleaved(fns: dict[str, Callable], repeats: int = 15, warmup: int = 3, device: str = "cpu",
-                     min_sample_s: float = 0.002, settle_s: float = 0.005,
+                     min_sample_s: float = 0.05, settle_s: float = 0.005,
                      prepare: Optional[dict[str, Callable]] = None,
                      on_round: Optional[Callable[[int], None]] = None) -> dict[str, list[float]]:
     """Seconds per call of each function: `repeats` samples each, taken in turn after warm-up.
 
     Between two engines' samples the machine rests `settle_s`: thread pools
     (OpenMP's, ONNX Runtime's) spin-wait for a while after a call and would
-    otherwise steal cores from the next engine's sample.  `prepare[name]()`
+    otherwise steal cores from the next engine's sample.  A sample is a stretch
+    of back-to-back calls lasting at least `min_sample_s`, so that what is
+    timed is each engine's steady state, not the first call after another
+    engine ran (which wakes parked threads and refills the caches: measured on
+    a 2-vCPU Xeon, 2 ms samples made mnv3_fast's Large batch 1 9.1 ms against
+    7.5 ms in 50 ms samples, and OpenVINO's 10.2 against 5.0).  `prepare[name]()`
     runs before each of that function's samples, untimed (torch's thread
     count, when engines at different counts are interleaved).  `on_round(i)`
     is called after warm-up (i = 0) and after each round of samples."""
