@@ -18,7 +18,7 @@ from torch import nn
 
 from .backends.cpu import int8
 from .backends.cpu.program import HAS_ONEDNN
-from .backends.cpu.threads import run_timed
+from .backends.cpu.threads import ThreadTiming, packed_for, run_timed
 from .plan import build_plan, cast_plan
 from .reference import model as ref
 
@@ -30,9 +30,9 @@ class QuantizedMobileNetV3(nn.Module):
 
     It holds the folded float32 plan and the observed activation ranges; the
     int8 program (quantized, packed weights) is built on first use for each
-    batch size.  `percentile`: the observers' clipping (100: min/max)."""
+    input shape and thread count.  `percentile`: the observers' clipping (100: min/max)."""
 
-    MAX_PROGRAMS = 8  # programs kept, one per batch size (the head's weights are packed for it)
+    MAX_PROGRAMS = 8  # programs kept, one per (input shape, thread count): each holds packed weights
     cpu_adaptive_threads = True  # as MobileNetV3.cpu_adaptive_threads
 
     def __init__(self, plan, ranges: int8.Ranges, config, percentile: float):
@@ -41,24 +41,33 @@ class QuantizedMobileNetV3(nn.Module):
         self.num_classes = config.num_classes
         self._plan, self._ranges = plan, ranges
         self._programs: OrderedDict = OrderedDict()
+        self._timings: dict = {}  # the thread choice per input shape
         self._lock = threading.Lock()
 
     def extra_repr(self) -> str:
         mode = "LARGE" if len(self.config.blocks) == 15 else "SMALL"
         return f"{mode}, {len(self.config.blocks)} blocks, int8 (uint8 activations, percentile {self.percentile})"
 
-    def _program(self, batch: int):
+    def _program(self, shape: tuple, threads: int):
+        key = (shape, threads)
         with self._lock:
-            program = self._programs.get(batch)
+            program = self._programs.get(key)
             if program is not None:
-                self._programs.move_to_end(batch)
+                self._programs.move_to_end(key)
                 return program
-        program = int8.encode_int8_program(self._plan, self._ranges, batch)
+        with packed_for(threads):
+            program = int8.encode_int8_program(self._plan, self._ranges, list(shape))
         with self._lock:
-            self._programs[batch] = program
+            self._programs[key] = program
             while len(self._programs) > self.MAX_PROGRAMS:
                 self._programs.popitem(last=False)
         return program
+
+    def _timing(self, shape: tuple) -> ThreadTiming:
+        with self._lock:
+            if len(self._timings) >= 64 and shape not in self._timings:
+                self._timings.clear()
+            return self._timings.setdefault(shape, ThreadTiming())
 
     def qparams(self) -> dict:
         """The (scale, zero point) of every quantization point, by name."""
@@ -77,10 +86,10 @@ class QuantizedMobileNetV3(nn.Module):
         if x.shape[0] == 0:
             return x.new_empty((0, self.num_classes), dtype=torch.float32)
         x = x.float()
-        program = self._program(x.shape[0])
+        shape = tuple(x.shape)
         with torch.no_grad():
-            return run_timed(program.timing,
-                             lambda threads: _run_cpu_program(x, program.tensors, program.program, threads),
+            return run_timed(self._timing(shape), lambda threads: self._program(shape, threads),
+                             lambda program, threads: _run_cpu_program(x, program.tensors, program.program, threads),
                              self.cpu_adaptive_threads)
 
 

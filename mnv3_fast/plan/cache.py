@@ -162,12 +162,13 @@ class PlanCache:
     """Entries by kind, each kind with its own bound; see the module docstring."""
 
     #: Most entries kept per kind (least recently used first out).  "folded": BN-folded plans, one per
-    #: dtype; "cpu_program": packed, encoded CPU programs, one per (dtype, input shape), each holding a
-    #: copy of the weights; "cpu_peak": the activation peak per image shape (a number).
+    #: dtype; "cpu_program": packed, encoded CPU programs, one per (dtype, input shape, thread count),
+    #: each holding a copy of the weights; "cpu_timing": the thread choice per (dtype, input shape);
+    #: "cpu_peak": the activation peak per image shape (a number).
     #: "checks": per-state answers of the backends' checks (strings).
     #: "cuda_program": the CUDA backend's prepared weights, one per (dtype, device); "cuda_graph": its
     #: captured CUDA graphs, one per (dtype, input shape and strides, device), each holding its buffers.
-    BOUNDS = {"folded": 4, "cpu_program": 8, "cpu_peak": 64, "checks": 8, "cuda_program": 4, "cuda_graph": 4}
+    BOUNDS = {"folded": 4, "cpu_program": 8, "cpu_timing": 64, "cpu_peak": 64, "checks": 8, "cuda_program": 4, "cuda_graph": 4}
     #: Kinds whose entries are big: memory is handed back to the OS when they go.
     BIG = {"cpu_program"}
 

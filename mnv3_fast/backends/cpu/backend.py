@@ -11,13 +11,15 @@ than whole).  Near-equal chunks: at most two sizes to pack weights for.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ...ops import cpu_program as isa
 from ..base import Backend, dtype_name, folded_plan, inference_reasons, layer_reasons, model_reasons
 from ..generic import GenericBackend
 from .program import HAS_ONEDNN, CpuProgram, activation_peak, encode_program, pack_plan
-from .threads import run_timed
+from .threads import ThreadTiming, packed_for, run_timed
 
 _run_cpu_program = torch.ops.mnv3.run_cpu_program.default  # (resolved once: per-call Python cost matters at batch 1)
 DTYPES = (torch.float32, torch.bfloat16)
@@ -44,13 +46,17 @@ class CpuProgramBackend(Backend):
             return reasons
         return model_reasons(model, call) + layer_reasons(model, call)
 
-    def program(self, model, x, call) -> CpuProgram:
+    def program(self, model, x, call, threads: Optional[int] = None) -> CpuProgram:
+        """The program for inputs like `x`, packed for running on `threads` threads (default: torch's
+        setting; threads.py says why it matters)."""
+        threads = threads or torch.get_num_threads()
+
         def build():
-            with torch.no_grad():
+            with torch.no_grad(), packed_for(threads):
                 params = folded_plan(model, call._replace(dtype=torch.float32)) if call.dtype != torch.float32 else None
                 return encode_program(pack_plan(folded_plan(model, call), list(x.shape), params))
 
-        return call.view.get_or_build("cpu_program", (call.dtype, tuple(x.shape)), build)
+        return call.view.get_or_build("cpu_program", (call.dtype, tuple(x.shape), threads), build)
 
     def chunks(self, model, x, call) -> int:
         """In how many chunks to run the batch (see `MobileNetV3.cpu_chunk_bytes`)."""
@@ -65,9 +71,10 @@ class CpuProgramBackend(Backend):
         x = x.to(call.dtype)  # (the stem reads any layout)
         logits = []
         for part in x.tensor_split(self.chunks(model, x, call)):
-            program = self.program(model, part, call)
-            logits.append(run_timed(program.timing,
-                                    lambda threads: _run_cpu_program(part, program.tensors, program.program, threads),
+            timing = call.view.get_or_build("cpu_timing", (call.dtype, tuple(part.shape)), ThreadTiming)
+            logits.append(run_timed(timing, lambda threads: self.program(model, part, call, threads),
+                                    lambda program, threads: _run_cpu_program(part, program.tensors,
+                                                                              program.program, threads),
                                     model.cpu_adaptive_threads))
         return logits[0] if len(logits) == 1 else torch.cat(logits)
 

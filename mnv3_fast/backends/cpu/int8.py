@@ -28,7 +28,7 @@ from ... import ops
 from ...ops import cpu_program as isa
 from ...ops.activations import activation
 from ...plan import Plan
-from .program import CpuProgram, ProgramWriter, pack_linear
+from .program import CpuProgram, ProgramWriter, conv_shapes, pack_linear
 
 
 class Observer:
@@ -146,11 +146,13 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def int8_conv(step, in_qparams: tuple[float, int]) -> Int8Conv:
+def int8_conv(step, in_qparams: tuple[float, int], in_shape: Optional[list] = None) -> Int8Conv:
+    """`in_shape`: the input's (N, C, H, W), for which oneDNN picks the weights' layout (without it, a
+    layout for a default shape that the conv, at run time, may re-pack on every call)."""
     q, scale = quantize_weight(step.weight)
     packed = torch.ops.onednn.qconv_prepack(q.contiguous(memory_format=torch.channels_last), scale,
                                             in_qparams[0], in_qparams[1], [step.stride] * 2, [step.padding] * 2,
-                                            [1, 1], 1, None)
+                                            [1, 1], 1, None if in_shape is None else list(in_shape))
     bias = None if step.bias is None else step.bias.detach().float()
     return Int8Conv(packed, scale, torch.zeros(scale.shape[0], dtype=torch.int32), bias, step.stride, step.padding,
                     step.act)
@@ -161,13 +163,16 @@ def qparams_tensor(*values: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_int8_program(plan: Plan, ranges: Ranges, batch: int) -> CpuProgram:
-    """The int8 program of a float32 plan with observed ranges, its head packed for `batch` rows."""
+def encode_int8_program(plan: Plan, ranges: Ranges, shape: list) -> CpuProgram:
+    """The int8 program of a float32 plan with observed ranges, its weights packed for inputs of
+    `shape` (N, 3, H, W) on the current number of threads (see threads.py)."""
     w = ProgramWriter()
     tensor, act = w.tensor, w.act
+    input_shape = {id(step): in_shape for step, in_shape, _ in conv_shapes(plan, list(shape))}
+    batch = shape[0]
 
     def qconv(step, q_in, q_out, q_res=None):
-        c = int8_conv(step, q_in)
+        c = int8_conv(step, q_in, input_shape[id(step)])
         qp = qparams_tensor(*q_in, *q_out, *(q_res or (0.0, 0)))
         w.emit(isa.QCONV, tensor(c.weight), tensor(c.scale), tensor(c.zero_point), tensor(c.bias), c.stride,
                c.padding, act(c.act), int(q_res is not None), tensor(qp))

@@ -18,7 +18,6 @@ import torch
 from ...ops import cpu_program as isa
 from ...ops._checks import conv_output_size
 from ...plan import ConvStep, DwStep, LastStagePlan, Plan, SeStep
-from .threads import ThreadTiming
 
 HAS_ONEDNN = torch.backends.mkldnn.is_available() and all(
     hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise", "_reorder_convolution_weight",
@@ -62,7 +61,6 @@ class CpuProgram(NamedTuple):
     tensors: list
     program: list
     stages: int  # MARKs: the stem, each block, the last stage
-    timing: ThreadTiming  # its recent call times, which choose its thread count
 
 
 def conv_shapes(plan: Plan, shape: list):
@@ -142,7 +140,7 @@ class ProgramWriter:
         self.emit(isa.LINEAR, self.tensor(lin.weight), self.tensor(lin.bias), self.act(lin.act), lin.weight.shape[0])
 
     def done(self, stages: int) -> CpuProgram:
-        return CpuProgram(self.tensors, self.program, stages, ThreadTiming())
+        return CpuProgram(self.tensors, self.program, stages)
 
 
 def encode_program(plan: PackedPlan) -> CpuProgram:

@@ -11,13 +11,22 @@ longer than usual, it runs one call on the other setting.  On a quiet machine
 that costs one slower call in `PROBE_EVERY`.  The choice applies to that call's
 parallel regions only (OpenMP's per-thread setting): torch's own setting is
 left alone.
+
+A program is packed for the thread count it runs on: oneDNN picks the blocked
+layout of a conv's weights by the number of threads, and a conv that finds its
+weights in another layout re-packs them on every call.  Measured on a 2-vCPU
+Xeon (AMX): Large bf16 batch 1 packed on 2 threads and run on 1 spent 3 x 11 ms
+per call re-packing the 160->960 convs, which made every probe of the other
+setting cost 7x a normal call.  So each setting gets its own packed program
+(`packed_for`), and one `ThreadTiming` per input shape chooses between them.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -60,12 +69,33 @@ class ThreadTiming:
             self.probe_next = True
 
 
-def run_timed(timing: ThreadTiming, run: Callable[[int], torch.Tensor], adaptive: bool = True) -> torch.Tensor:
-    """run(threads) on the setting `timing` chooses (0: torch's own when not adaptive)."""
+P = TypeVar("P")
+
+
+@contextlib.contextmanager
+def packed_for(threads: int):
+    """Packs weights (in this block) for `threads` threads: oneDNN reads the count when it picks a layout."""
+    saved = torch.get_num_threads()
+    if threads == saved:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def run_timed(timing: ThreadTiming, program: Callable[[int], P], run: Callable[[P, int], torch.Tensor],
+              adaptive: bool = True) -> torch.Tensor:
+    """run(program(threads), threads) on the thread count `timing` chooses (torch's own when not
+    adaptive); `program` (which may build and pack) is not timed."""
+    all_threads = torch.get_num_threads()
     if not adaptive:
-        return run(0)
-    threads = timing.choose(torch.get_num_threads())
+        return run(program(all_threads), all_threads)
+    threads = timing.choose(all_threads)
+    prepared = program(threads)
     start = time.perf_counter()
-    out = run(threads)
+    out = run(prepared, threads)
     timing.record(threads, time.perf_counter() - start)
     return out
