@@ -7,8 +7,9 @@
 #
 # 1. machine: GPU, driver, versions;
 # 2. install: builds the package against the machine's torch (no build isolation, no deps);
-# 3. cuda tests: pytest -m cuda at full size (tests/test_cuda.py: every Triton kernel, the CUDA
-#    backend's whole forward, CUDA graphs, opcheck and torch.compile on CUDA);
+# 3. cuda tests: pytest -m cuda at full size (every op test's `cuda` target, tests/test_cuda.py and
+#    test_cuda_backend.py: every Triton kernel, the CUDA backend's whole forward, CUDA graphs,
+#    opcheck and torch.compile on CUDA);
 # 4. traffic model: benchmarks/gpu_model.py (CPU only) -> model.txt;
 # 5. kernels: benchmarks/gpu_kernels.py, each launch of the backend's forward (Large and Small,
 #    batch 256, fp16) timed by the profiler against the model's bytes -> kernels.md/.json;
