@@ -232,6 +232,9 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
         break;
       }
       case kQConv: {  // weight w_scale w_zp bias stride pad act residual qparams[in s, zp, out s, zp, res s, zp]
+        // The residual's buffer receives the output: it must not be the conv's own input, which oneDNN
+        // may still read after writing some channels (it did on AVX2, for channels past the first 16).
+        if (a[7] && saved.is_alias_of(x)) saved = saved.clone();
         x = qconv(x, tensors[a[0]], tensors[a[1]], tensors[a[2]], optional_tensor(a[3]), a[4], a[5], a[6],
                   tensors[a[8]].const_data_ptr<double>(), a[7] ? &saved : nullptr);
         break;

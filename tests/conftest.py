@@ -125,3 +125,21 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize(("target", "dtype"), params, indirect=["target"])
     else:
         metafunc.parametrize("target", TARGETS, indirect=True)
+
+
+#: The CPU program's bf16 path needs oneDNN's bf16 convolutions (AVX512-BW/VL/DQ or AVX-NE-CONVERT): an
+#: AVX2-only CPU (AMD Zen 3) has none, and there the model refuses the program (tested in test_model.py).
+def _onednn_bf16():
+    from mnv3_fast.backends.cpu.program import HAS_ONEDNN_BF16
+    return HAS_ONEDNN_BF16
+
+
+needs_onednn_bf16 = pytest.mark.skipif(not _onednn_bf16(), reason="oneDNN has no bf16 convolutions on this CPU")
+
+
+#: How far a float32 output may be from float64, as a multiple of the eager float32 model's own error,
+#: where calibrated BN statistics make the network amplify rounding.  The fused path rounds in another
+#: order (folded BN, oneDNN's blocking): within 3x eager's error with oneDNN's AVX-512 kernels, 4x
+#: with its AVX2 ones (an AVX2-only CPU, emulated with ONEDNN_MAX_CPU_ISA=AVX2).  A wrong result is
+#: off by orders of magnitude more.
+EAGER_ERROR_FACTOR = 6

@@ -17,7 +17,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import randn
+from conftest import EAGER_ERROR_FACTOR, randn
 from torch import nn
 
 import mnv3_fast
@@ -106,7 +106,7 @@ def assert_same_logits(fast: nn.Module, source: nn.Module, seed: int = 1) -> Non
         return ((a.double() - expected).abs().max() / expected.abs().max()).item()
 
     assert rel(out64) <= 1e-9, f"float64 relative error {rel(out64):.3g}"
-    tolerance = max(REL_TOL, 3 * rel(eager))
+    tolerance = max(REL_TOL, EAGER_ERROR_FACTOR * rel(eager))
     assert rel(out) <= tolerance, f"relative error {rel(out):.3g} > {tolerance:.3g}"
 
 

@@ -2,7 +2,7 @@
 one, whichever recent calls say is faster; and run_cpu_program's `threads` argument."""
 import pytest
 import torch
-from conftest import randn
+from conftest import needs_onednn_bf16, randn
 
 import mnv3_fast
 from mnv3_fast.backends.cpu.threads import ThreadTiming
@@ -68,7 +68,7 @@ def _libc_flush():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_onednn_bf16), "int8"])
 def test_each_thread_count_runs_weights_packed_for_it(precision, capfd):
     """oneDNN picks a conv's weight layout by the thread count, and a conv that finds another layout
     re-packs its weights on every call (on an AMX Xeon: 11 ms for one 160->960 conv in bf16, when the

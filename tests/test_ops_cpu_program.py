@@ -3,7 +3,7 @@ against its Python interpreter, and on bad programs."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import extension_required, randn
+from conftest import extension_required, needs_onednn_bf16, randn
 
 import mnv3_fast
 from mnv3_fast import backends, ops
@@ -70,6 +70,7 @@ def test_every_instruction_matches_float64(run, batch, poison_outputs):
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+@needs_onednn_bf16
 @pytest.mark.parametrize("fp32_params", [False, True], ids=["bf16_params", "fp32_params"])
 @pytest.mark.parametrize("run", [cp.run_cpu_program, cp.run_cpu_program_reference], ids=["op", "interpreter"])
 def test_bfloat16(run, fp32_params):
@@ -83,6 +84,7 @@ def test_bfloat16(run, fp32_params):
     torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)  # bf16 storage between layers
 
 
+@needs_onednn_bf16
 def test_bfloat16_pool_accumulates_in_float32():
     """POOL over a bf16 map: a 1/(H*W) mean of many values, each bf16, summed in fp32 (a bf16 sum
     would lose the small terms)."""

@@ -113,6 +113,37 @@ def test_qconv_against_float_arithmetic(residual, poison_outputs):
         torch.testing.assert_close(o.double(), expected, rtol=0, atol=out_q[0] / 2)
 
 
+_WITHOUT_VNNI = r"""
+import torch
+from mnv3_fast.backends.cpu import int8
+from mnv3_fast.plan import ConvStep
+assert int8.WEIGHT_MAX == 63, int8.WEIGHT_MAX
+torch.manual_seed(0)
+N, C, H = 2, 32, 6
+x = torch.randint(0, 256, (N, C, H, H), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+weight = torch.randn(C, C, 1, 1)
+weight[:, ::2] = weight[:, ::2].sign() * weight.abs().amax()  # many pairs of full-scale weights
+conv = int8.int8_conv(ConvStep(weight, None, 1, 0, "none"), (0.05, 0), [N, C, H, H])
+out = torch.ops.onednn.qconv2d_pointwise(x, 0.05, 0, conv.weight, conv.scale, conv.zero_point, None, [1, 1],
+                                         [0, 0], [1, 1], 1, 1.0, 0, torch.float32, "none", [], "")
+q, scale = int8.quantize_weight(weight)
+expected = torch.nn.functional.conv2d(x.double() * 0.05, q.double() * scale.double()[:, None, None, None])
+err = ((out.double() - expected).abs().max() / expected.abs().max()).item()
+assert err < 1e-5, f"relative error {err:.3g}"
+"""
+
+
+def test_int8_convs_are_exact_without_vnni():
+    """Without VNNI (AVX2-only CPUs: AMD Zen 3) oneDNN's uint8 x int8 products are summed in pairs
+    that saturate at 16 bits, so quantize keeps the weights to 7 bits there.  Run with oneDNN held to
+    AVX2, as on such a CPU: full-range weights gave errors of 100+ output codes."""
+    import subprocess
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_VNNI], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize("run", [cp.run_cpu_program, cp.run_cpu_program_reference], ids=["op", "interpreter"])
 def test_bad_int8_programs(run):
     tensors = [*STEM, qp(*IN), qp(*IN), torch.eye(C), qp(1.0)]

@@ -216,6 +216,8 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
                                     ACTS[act]), s, zp)
         elif op == QCONV:
             weight, w_scale, w_zp, bias, stride, pad, act, residual, qp = a
+            if residual and saved.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                saved = saved.clone()  # (the residual receives the output: never the conv's own input)
             x = qconv(x, tensors[weight], tensors[w_scale], tensors[w_zp], tensor(bias), stride, pad, act,
                       tensors[qp].tolist(), saved if residual else None)
         elif op == QDW:

@@ -18,7 +18,7 @@ import torch
 from ...ops import cpu_program as isa
 from ..base import Backend, dtype_name, folded_plan, inference_reasons, layer_reasons, model_reasons
 from ..generic import GenericBackend
-from .program import HAS_ONEDNN, CpuProgram, activation_peak, encode_program, pack_plan
+from .program import HAS_ONEDNN, HAS_ONEDNN_BF16, CpuProgram, activation_peak, encode_program, pack_plan
 from .threads import ThreadTiming, packed_for, run_timed
 
 _run_cpu_program = torch.ops.mnv3.run_cpu_program.default  # (resolved once: per-call Python cost matters at batch 1)
@@ -39,6 +39,9 @@ class CpuProgramBackend(Backend):
             reasons.append("this torch is built without oneDNN (torch.backends.mkldnn)")
         if call.dtype not in DTYPES:
             reasons.append(f"{dtype_name(call.dtype)}: the CPU program runs float32 and bfloat16")
+        elif call.device_type == "cpu" and call.dtype == torch.bfloat16 and HAS_ONEDNN and not HAS_ONEDNN_BF16:
+            reasons.append("bfloat16: oneDNN has no bf16 convolutions on this CPU (they need AVX512-BW/VL/DQ or "
+                           "AVX-NE-CONVERT); float32 is the fast precision here")
         reasons += inference_reasons(call, "the program")
         if call.empty:
             reasons.append("the batch is empty (oneDNN cannot pack weights for it)")

@@ -16,9 +16,16 @@ to an int8 CPU program (the QSTEM/QCONV/QDW/QSE/QPOOL instructions of
 Quantization points, per block: the expand conv's output, the depthwise conv's
 (or, with SE, the SE's) output, and the block's output (after the residual
 add); the stem's and the last stage's outputs.
+
+Without VNNI (AVX2-only CPUs such as AMD Zen 3), oneDNN multiplies uint8 by
+int8 with an instruction whose pairwise sums saturate at 16 bits, so full-range
+weights give wrong results (measured with oneDNN held to AVX2: a residual conv
+off by 40 output steps).  There the weights use 7 bits ([-63, 63]), as
+oneDNN's documentation advises and ONNX Runtime's `reduce_range` does.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterable, NamedTuple, Optional
 
 import torch
@@ -138,12 +145,37 @@ class Int8Conv(NamedTuple):
     act: str
 
 
-def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 codes and fp32 per-output-channel scales, symmetric: w ~ q * scale, q in [-127, 127]."""
+_NO_VNNI_ISAS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}  # ONEDNN_MAX_CPU_ISA values below VNNI
+
+
+def onednn_has_vnni() -> bool:
+    """Whether oneDNN's int8 convolutions run on VNNI (AVX512-VNNI or AMX) here: the CPU has it and
+    ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) does not hold oneDNN below it."""
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if os.environ.get(var, "").upper() in _NO_VNNI_ISAS:
+            return False
+    check = getattr(torch.cpu, "_is_vnni_supported", None) or getattr(torch.cpu, "_is_avx512_vnni_supported", None)
+    if check is not None:
+        return bool(check())
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "amx_int8" in flags
+
+
+#: The largest weight code: 127 with VNNI, 63 without (see the module docstring).
+WEIGHT_MAX = 127 if onednn_has_vnni() else 63
+
+
+def quantize_weight(weight: torch.Tensor, weight_max: int = WEIGHT_MAX) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes and fp32 per-output-channel scales, symmetric: w ~ q * scale, q in [-weight_max,
+    weight_max] (127, or 63 where oneDNN's int8 convs have no VNNI)."""
     w = weight.detach().float()
-    scale = w.abs().amax(dim=tuple(range(1, w.dim()))).clamp_min(1e-12) / 127
-    q = torch.clamp(torch.round(w / scale.reshape(-1, *([1] * (w.dim() - 1)))), -127, 127).to(torch.int8)
-    return q, scale
+    scale = w.abs().amax(dim=tuple(range(1, w.dim()))).clamp_min(1e-12) / weight_max
+    q = torch.clamp(torch.round(w / scale.reshape(-1, *([1] * (w.dim() - 1)))), -weight_max, weight_max)
+    return q.to(torch.int8), scale
 
 
 def int8_conv(step, in_qparams: tuple[float, int], in_shape: Optional[list] = None) -> Int8Conv:

@@ -24,6 +24,19 @@ HAS_ONEDNN = torch.backends.mkldnn.is_available() and all(
                                              "_linear_pointwise", "_reorder_linear_weight"))
 
 
+def _onednn_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU: it needs AVX512-BW/VL/DQ or AVX-NE-CONVERT
+    (an AVX2-only CPU, e.g. AMD Zen 3, has neither, and packing bf16 weights raises there)."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return HAS_ONEDNN and supported is not None and bool(supported())
+    except RuntimeError:
+        return False
+
+
+HAS_ONEDNN_BF16 = _onednn_bf16()
+
+
 class PackedConv(NamedTuple):
     weight: torch.Tensor  # pre-packed for one input size
     bias: Optional[torch.Tensor]
