@@ -19,8 +19,8 @@ add); the stem's and the last stage's outputs.
 
 Without VNNI (AVX2-only CPUs such as AMD Zen 3), oneDNN multiplies uint8 by
 int8 with an instruction whose pairwise sums saturate at 16 bits, so full-range
-weights give wrong results (measured with oneDNN held to AVX2: a residual conv
-off by 40 output steps).  There the weights use 7 bits ([-63, 63]), as
+weights give wrong results (measured with oneDNN held to AVX2: a 24-channel
+conv up to 146 output codes off).  There the weights use 7 bits ([-63, 63]), as
 oneDNN's documentation advises and ONNX Runtime's `reduce_range` does.
 """
 from __future__ import annotations
