@@ -12,8 +12,12 @@ runs with the min-max, and mnv3_fast's ratio to the fastest other engine.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _report as R  # noqa: E402
 
 
 def main(paths):
@@ -38,45 +42,47 @@ def main(paths):
     standing(runs)
 
 
-def _best(run, arch, dtype, batch, engine_prefix, precision=None):
-    """An engine's best ms per image in one run over its thread counts (and, for a prefix, its layouts)."""
-    ms = [r["median_s"] / batch * 1e3 for r in run["rows"]
-          if (r["arch"], r["dtype"], r["batch"]) == (arch, dtype, batch) and r["engine"].startswith(engine_prefix)
-          and (precision is None or r["precision"] == precision)]
-    return min(ms) if ms else None
+def _spread(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def standing(runs):
-    cells = list(dict.fromkeys((r["arch"], r["dtype"], r["batch"]) for run in runs for r in run["rows"]))
-    for dtype in dict.fromkeys(c[1] for c in cells):
-        engines = list(dict.fromkeys((r["engine"], r["precision"]) for run in runs for r in run["rows"]
-                                     if r["dtype"] == dtype and not r["engine"].startswith(("mnv3_fast", "eager (ch"))))
+    """One table per precision from each run's cells: every engine's best row (run.py's own
+    `best_per_engine`) and the ratio run.py stored in the cell's standing."""
+    cells = [c for c in runs[0].get("cells", ())]
+    if not cells:
+        return  # (results from before run.py recorded cells)
+    for dtype in dict.fromkeys(c["dtype"] for c in cells):
+        best = {}  # (run, arch, batch) -> {engine: best row}
+        for i, run in enumerate(runs):
+            for c in run["cells"]:
+                if c["dtype"] == dtype:
+                    best[i, c["arch"], c["batch"]] = R.best_per_engine([r for r in run["rows"]
+                                                                        if r["cell"] == c["index"]])
+        engines = list(dict.fromkeys((row["engine"], row["precision"]) for by_engine in best.values()
+                                     for row in by_engine.values()
+                                     if row["key"] not in R.FAST_KEYS and row["key"] != "eager_cl"))
         print()
         print(f"Standing, {dtype}: ms per image, each engine at its best thread count, median over runs (min-max); "
               "ratio: the fastest other engine at the same precision / mnv3_fast (above 1: mnv3_fast faster)")
         print()
         print("| cell | **mnv3_fast** | " + " | ".join(f"{e} ({p})" for e, p in engines) + " | ratio |")
         print("|---" * (len(engines) + 3) + "|")
-        for arch, d, batch in cells:
-            if d != dtype:
+        for c in cells:
+            if c["dtype"] != dtype:
                 continue
-            def fmt(values):
-                values = [v for v in values if v is not None]
-                if not values:
-                    return "-"
-                return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
-            ours = [_best(run, arch, dtype, batch, "mnv3_fast") for run in runs]
-            cols = [fmt(_best(run, arch, dtype, batch, e, p) for run in runs) for e, p in engines]
-            ratios = []
-            for run, mine in zip(runs, ours):
-                peers = [_best(run, arch, dtype, batch, e, p) for e, p in engines
-                         if p == next(r["precision"] for r in run["rows"] if r["engine"].startswith("mnv3_fast")
-                                      and r["dtype"] == dtype) and not e.startswith(("eager", "torchvision"))]
-                peers = [v for v in peers if v is not None]
-                if mine and peers:
-                    ratios.append(min(peers) / mine)
-            ratio = (f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "-")
-            print(f"| {arch.capitalize()} b{batch} | **{fmt(ours)}** | " + " | ".join(cols) + f" | {ratio} |")
+            arch, batch = c["arch"], c["batch"]
+            per_run = [best.get((i, arch, batch), {}) for i in range(len(runs))]
+            ours = [min((r["ms_per_image"] for r in b.values() if r["key"] in R.FAST_KEYS), default=None)
+                    for b in per_run]
+            cols = [_spread(b[e]["ms_per_image"] if e in b else None for b in per_run) for e, _ in engines]
+            ratios = [(rc["standing"] or {}).get("ratio") for run in runs for rc in run["cells"]
+                      if (rc["arch"], rc["dtype"], rc["batch"]) == (arch, dtype, batch)]
+            print(f"| {arch.capitalize()} b{batch} | **{_spread(ours)}** | " + " | ".join(cols)
+                  + f" | {_spread(ratios)} |")
 
 
 if __name__ == "__main__":
