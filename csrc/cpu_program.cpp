@@ -193,7 +193,7 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
     const size_t next = i + 1 + kOpcodes[program[i]].num_args;
     RECORD_FUNCTION(kProfileNames[program[i]], c10::ArrayRef<const c10::IValue>{});
     switch (program[i]) {
-      case kSave: saved = x.is_same(x_in) ? x.clone() : x; break;  // (a QCONV residual writes into it)
+      case kSave: saved = x; break;
       case kConv: {  // weight bias stride pad act residual
         if (a[5] && a[4] == 0) {  // conv + residual in one pass
           x = conv_add(x, saved, tensors[a[0]], optional_tensor(a[1]), a[2], a[3]);
@@ -232,9 +232,10 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
         break;
       }
       case kQConv: {  // weight w_scale w_zp bias stride pad act residual qparams[in s, zp, out s, zp, res s, zp]
-        // The residual's buffer receives the output: it must not be the conv's own input, which oneDNN
-        // may still read after writing some channels (it did on AVX2, for channels past the first 16).
-        if (a[7] && saved.is_alias_of(x)) saved = saved.clone();
+        // The residual's buffer receives the output, so it must be a value of the program's own: not the
+        // caller's input, and not the conv's own input, which oneDNN may still read after writing some
+        // channels (it did on AVX2, for channels past the first 16).
+        if (a[7] && (saved.is_alias_of(x_in) || saved.is_alias_of(x))) saved = saved.clone();
         x = qconv(x, tensors[a[0]], tensors[a[1]], tensors[a[2]], optional_tensor(a[3]), a[4], a[5], a[6],
                   tensors[a[8]].const_data_ptr<double>(), a[7] ? &saved : nullptr);
         break;

@@ -113,6 +113,22 @@ def test_qconv_against_float_arithmetic(residual, poison_outputs):
         torch.testing.assert_close(o.double(), expected, rtol=0, atol=out_q[0] / 2)
 
 
+@pytest.mark.parametrize("run", [cp.run_cpu_program, cp.run_cpu_program_reference], ids=["op", "interpreter"])
+def test_qconv_residual_never_writes_into_the_callers_input(run):
+    """QCONV writes its output into the residual's buffer: a residual SAVEd from the caller's input
+    (here a float32 one, added to a float32 output) must be copied first, not overwritten."""
+    weight, bias = randn(3, C, 1, 1, seed=9, scale=0.2), randn(3, seed=10)
+    conv = int8.int8_conv(ConvStep(weight, bias, 1, 0, "none"), IN)
+    tensors = [*STEM, qp(*IN), conv.weight, conv.scale, conv.zero_point, conv.bias, qp(*IN, 0.0, 0, 1.0, 0),
+               torch.eye(3)]
+    program = [cp.SAVE, cp.QSTEM, 0, 1, 1, 1, 2, 2, cp.QCONV, 3, 4, 5, 6, 1, 0, 0, 1, 7, cp.POOL,
+               cp.LINEAR, 8, -1, 0, 3]
+    x = randn(N, 3, H, H, seed=0, memory_format=torch.channels_last)
+    before = x.clone()
+    run(x, tensors, program)
+    assert torch.equal(x, before)
+
+
 _WITHOUT_VNNI = r"""
 import torch
 from mnv3_fast.backends.cpu import int8

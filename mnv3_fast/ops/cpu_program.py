@@ -172,7 +172,7 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
     saved, x_in = None, x
     for op, a in _check(x, tensors, program):
         if op == SAVE:
-            saved = x.clone() if x is x_in else x  # (a QCONV residual writes into it)
+            saved = x
         elif op == CONV:
             weight, bias, stride, pad, act, residual = a
             pads, strides = [pad, pad], [stride, stride]
@@ -216,8 +216,9 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
                                     ACTS[act]), s, zp)
         elif op == QCONV:
             weight, w_scale, w_zp, bias, stride, pad, act, residual, qp = a
-            if residual and saved.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-                saved = saved.clone()  # (the residual receives the output: never the conv's own input)
+            if residual and any(saved.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+                                for t in (x_in, x)):
+                saved = saved.clone()  # (it receives the output: never the caller's input or the conv's own)
             x = qconv(x, tensors[weight], tensors[w_scale], tensors[w_zp], tensor(bias), stride, pad, act,
                       tensors[qp].tolist(), saved if residual else None)
         elif op == QDW:
