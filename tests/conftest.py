@@ -13,6 +13,8 @@ if not HAS_NVIDIA_GPU:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from mnv3_fast.backends.cpu.program import HAS_ONEDNN_BF16  # noqa: E402
+
 # Tolerances for comparing a kernel's output with a float64 reference computed
 # from the same (already rounded) inputs.  fp32: sums of <= 25 products or
 # means of <= a few hundred values lose a few ulps (~1e-6 relative).  bf16: the
@@ -85,7 +87,7 @@ class Target:
         else:
             ops = torch.ops.mnv3
         self.ops = ops
-        self.dtypes = CPU_DTYPES if name == "cpu" else (torch.float32, torch.float16, torch.bfloat16)
+        self.dtypes = _target_dtypes(name)
 
     def __repr__(self):
         return self.name
@@ -129,12 +131,7 @@ def pytest_generate_tests(metafunc):
 
 #: The CPU program's bf16 path needs oneDNN's bf16 convolutions (AVX512-BW/VL/DQ or AVX-NE-CONVERT): an
 #: AVX2-only CPU (AMD Zen 3) has none, and there the model refuses the program (tested in test_model.py).
-def _onednn_bf16():
-    from mnv3_fast.backends.cpu.program import HAS_ONEDNN_BF16
-    return HAS_ONEDNN_BF16
-
-
-needs_onednn_bf16 = pytest.mark.skipif(not _onednn_bf16(), reason="oneDNN has no bf16 convolutions on this CPU")
+needs_onednn_bf16 = pytest.mark.skipif(not HAS_ONEDNN_BF16, reason="oneDNN has no bf16 convolutions on this CPU")
 
 
 #: How far a float32 output may be from float64, as a multiple of the eager float32 model's own error,
