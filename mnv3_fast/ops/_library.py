@@ -20,7 +20,9 @@ LIB = torch.library.Library("mnv3", "DEF")
 EXTENSION_ERROR: str | None = None
 
 
-def _cpu_has(features: set[str]) -> bool:
+def cpu_has(features: set[str], unknown: bool) -> bool:
+    """Whether this CPU's flags (/proc/cpuinfo) include all of `features`; `unknown` where they can't
+    be read (not Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -28,7 +30,7 @@ def _cpu_has(features: set[str]) -> bool:
                     return features <= set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return True  # not Linux: trust the build, which targeted the building CPU
+    return unknown
 
 
 def _shadowed_build() -> str | None:
@@ -74,7 +76,7 @@ def _load_extension() -> str | None:
     if info.TORCH_VERSION != torch.__version__:
         return f"mnv3_fast._C was built against torch {info.TORCH_VERSION}, but torch {torch.__version__} is installed"
     needs = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma"}}
-    if not _cpu_has(needs.get(info.CPU_ARCH, set())):
+    if not cpu_has(needs.get(info.CPU_ARCH, set()), unknown=True):  # (unknown: trust the build)
         return f"mnv3_fast._C was built for {info.CPU_ARCH.upper()}, which this CPU lacks"
     try:
         importlib.import_module("mnv3_fast._C")

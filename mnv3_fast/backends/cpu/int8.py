@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ... import ops
 from ...ops import cpu_program as isa
+from ...ops._library import cpu_has
 from ...ops.activations import activation
 from ...plan import Plan
 from .program import CpuProgram, ProgramWriter, conv_shapes, pack_linear
@@ -157,12 +158,7 @@ def onednn_has_vnni() -> bool:
     check = getattr(torch.cpu, "_is_vnni_supported", None) or getattr(torch.cpu, "_is_avx512_vnni_supported", None)
     if check is not None:
         return bool(check())
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "amx_int8" in flags
+    return cpu_has({"avx512_vnni"}, unknown=False) or cpu_has({"amx_int8"}, unknown=False)
 
 
 #: The largest weight code: 127 with VNNI, 63 without (see the module docstring).
