@@ -5,8 +5,8 @@
     python benchmarks/before_after.py --old /tmp/old --rounds 3
 
 Each round runs one process per version (old first in odd rounds, new first in even ones), each timing
-the fast model's fp32 eval forward (channels_last input, BN-calibrated random weights) for Large and
-Small at batch 1 and 32: medians of --repeats samples after warm-up, in ms per image.  The new
+the fast model's eval forward in --dtype (float32 or bfloat16; channels_last input, BN-calibrated random
+weights) for Large and Small at batch 1 and 32: medians of --repeats samples after warm-up, in ms per image.  The new
 version is also timed with its adaptive thread choice off (`cpu_adaptive_threads = False`), which
 isolates the restructure from that feature.
 """
@@ -26,7 +26,7 @@ import json, statistics, sys, time, torch
 import mnv3_fast
 from mnv3_fast import reference
 torch.set_num_threads(int(sys.argv[1]))
-repeats, adaptive = int(sys.argv[2]), sys.argv[3]
+repeats, adaptive, dtype = int(sys.argv[2]), sys.argv[3], getattr(torch, sys.argv[4])
 out = {}
 for arch in ("LARGE", "SMALL"):
     torch.manual_seed(0)
@@ -36,11 +36,11 @@ for arch in ("LARGE", "SMALL"):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.momentum = None
         ref.train()(torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(0)))
-    model = mnv3_fast.convert(ref.eval())
+    model = mnv3_fast.convert(ref.eval()).to(dtype)
     if adaptive != "default":
         model.cpu_adaptive_threads = adaptive == "on"
     for batch in (1, 32):
-        x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(batch, 3, 224, 224).to(dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             for _ in range(3):
                 model(x)
@@ -55,9 +55,9 @@ print(json.dumps(out))
 """
 
 
-def run(tree: str, threads: int, repeats: int, adaptive: str) -> dict:
+def run(tree: str, threads: int, repeats: int, adaptive: str, dtype: str) -> dict:
     env = dict(os.environ, PYTHONPATH=tree)
-    result = subprocess.run([sys.executable, "-c", CHILD, str(threads), str(repeats), adaptive], env=env, cwd=tree,
+    result = subprocess.run([sys.executable, "-c", CHILD, str(threads), str(repeats), adaptive, dtype], env=env, cwd=tree,
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -69,16 +69,17 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--json", default=None, help="write every round's numbers here")
     args = p.parse_args(argv)
     versions = {"old": (args.old, "default"), "new": (args.new, "on"), "new, adaptive threads off": (args.new, "off")}
     rounds = []
     for r in range(args.rounds):
         order = list(versions) if r % 2 == 0 else list(reversed(versions))
-        rounds.append({name: run(versions[name][0], args.threads, args.repeats, versions[name][1]) for name in order})
+        rounds.append({name: run(versions[name][0], args.threads, args.repeats, versions[name][1], args.dtype) for name in order})
         print(f"round {r + 1}: " + json.dumps(rounds[-1]), flush=True)
     cells = list(rounds[0]["old"])
-    print(f"\nms per image, median over {args.rounds} rounds (min-max); {args.threads} threads\n")
+    print(f"\nms per image, {args.dtype}, median over {args.rounds} rounds (min-max); {args.threads} threads\n")
     print("| cell | " + " | ".join(versions) + " | new / old |")
     print("|---|" + "---|" * (len(versions) + 1))
     for cell in cells:
@@ -88,7 +89,7 @@ def main(argv=None):
         print(f"| {cell} | {row} | {med['new'] / med['old']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "rounds": rounds}, f, indent=1)
+            json.dump({"threads": args.threads, "dtype": args.dtype, "rounds": rounds}, f, indent=1)
 
 
 if __name__ == "__main__":
