@@ -26,7 +26,7 @@ constexpr const char* kProfileNames[kNumOpcodes] = {
     "mnv3::program::SAVE",  "mnv3::program::CONV",  "mnv3::program::DW",   "mnv3::program::SE",
     "mnv3::program::AFFINE", "mnv3::program::ACT",  "mnv3::program::MARK", "mnv3::program::POOL",
     "mnv3::program::LINEAR", "mnv3::program::STEM", "mnv3::program::QSTEM", "mnv3::program::QCONV",
-    "mnv3::program::QDW",   "mnv3::program::QSE",   "mnv3::program::QPOOL"};
+    "mnv3::program::QDW",   "mnv3::program::QSE",   "mnv3::program::QPOOL", "mnv3::program::PWCONV"};
 // oneDNN's ReLU post-op turns NaN into 0, so a conv's ReLU runs after it, in
 // place (or in the depthwise conv that follows, as it loads).
 constexpr const char* kOneDnnAttr[kNumActs] = {"none", "none", "hardswish"};
@@ -144,6 +144,14 @@ int64_t validate(at::TensorList tensors, at::IntArrayRef program) {
         TORCH_CHECK_VALUE(!a[5] || saved_any, kOp, ": CONV at position ", i,
                           " adds a residual, but no SAVE comes before it");
         break;
+      case kPwConv:  // weight bias act residual
+        check_tensor(0, false), check_tensor(1, false);
+        TORCH_CHECK_VALUE(tensors[a[0]].dim() == 3 && tensors[a[1]].dim() == 1, kOp, ": PWCONV at position ", i,
+                          " needs a packed weight (blocks, K, 32) and a bias (N), got shapes ",
+                          shape_str(tensors[a[0]]), " and ", shape_str(tensors[a[1]]));
+        TORCH_CHECK_VALUE(!a[3] || saved_any, kOp, ": PWCONV at position ", i,
+                          " adds a residual, but no SAVE comes before it");
+        break;
       case kSave: saved_any = true; break;
       case kDw:
       case kStem: check_tensor(0, false), check_tensor(1, true); break;
@@ -206,6 +214,10 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
         relu_pending = relu && !a[5] && next < program.size() && program[next] == kDw;
         if (relu && !relu_pending) x.relu_();
         if (a[5]) x.add_(saved);  // the seed variant adds after the activation
+        break;
+      }
+      case kPwConv: {  // weight bias act residual; the bias (not optional) gives the output channels
+        x = pointwise_conv_cpu(x, tensors[a[0]], tensors[a[1]], tensors[a[1]].numel(), a[2], a[3] ? &saved : nullptr);
         break;
       }
       case kDw: {  // weight bias stride pad dilation act

@@ -238,6 +238,12 @@ void run_dw_nhwc(const typename In::scalar_t* xp, const typename In::acc_t* wp, 
 
 // ------------------------------------------------------------------ op
 
+// A (C, 1, k, k) weight whose memory is (k, k, C): the NHWC kernel's layout.
+bool is_tap_major(const Tensor& w) {
+  const int64_t C = w.size(0), K = w.size(2);
+  return w.stride(0) == 1 && w.stride(3) == C && w.stride(2) == K * C;
+}
+
 }  // namespace
 
 Tensor dw_conv_bn_act_cpu(const Tensor& x_in, const Tensor& weight, const std::optional<Tensor>& bias,
@@ -303,13 +309,18 @@ Tensor dw_conv_bn_act_cpu_impl(const Tensor& x_in, const Tensor& weight, const s
     // as much as the convolution.
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> w_store, b_store(bias.has_value() ? 0 : C, acc_t(0));  // (zeros when there is no bias)
-    const acc_t* wp = acc_data<acc_t>(weight, w_store);
-    if (channels_last) {
-      std::vector<acc_t> tap_major(C * K * K);
-      for (int64_t t = 0; t < K * K; ++t)
-        for (int64_t c = 0; c < C; ++c) tap_major[t * C + c] = wp[c * K * K + t];
-      w_store = std::move(tap_major);
-      wp = w_store.data();
+    const acc_t* wp;
+    if (channels_last && weight.scalar_type() == c10::CppTypeToScalarType<acc_t>::value && is_tap_major(weight)) {
+      wp = weight.const_data_ptr<acc_t>();  // the CPU program stores its weights this way: no reorder per call
+    } else {
+      wp = acc_data<acc_t>(weight, w_store);
+      if (channels_last) {
+        std::vector<acc_t> tap_major(C * K * K);
+        for (int64_t t = 0; t < K * K; ++t)
+          for (int64_t c = 0; c < C; ++c) tap_major[t * C + c] = wp[c * K * K + t];
+        w_store = std::move(tap_major);
+        wp = w_store.data();
+      }
     }
     const acc_t* bp = bias.has_value() ? acc_data<acc_t>(*bias, b_store) : b_store.data();
     dispatch_act(act, [&](auto a) {

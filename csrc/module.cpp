@@ -8,13 +8,18 @@
 //   binary knows them (tests compare them with the Python source of truth);
 // * model_state(model, ...): what the plan cache compares on every call to know
 //   whether anything the fold reads changed (see mnv3_fast/plan/cache.py), and
-//   fingerprint(tensors), its tensor part.
+//   fingerprint(tensors), its tensor part;
+// * pack_pointwise(weight) and POINTWISE_DTYPES: the CPU program's PWCONV weights, and the dtypes this
+//   build and CPU run PWCONV in.
 #include <Python.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <algorithm>
 #include <cstring>
 
+#include <torch/csrc/Exceptions.h>
+
+#include "ops.h"
 #include "program_table.h"
 
 namespace {
@@ -234,7 +239,34 @@ PyObject* program_table() {
   return table;
 }
 
+// pack_pointwise(weight) -> the PWCONV instruction's packed weight (ops.h: pack_pointwise_weight).
+PyObject* pack_pointwise(PyObject*, PyObject* arg) {
+  HANDLE_TH_ERRORS
+  if (!THPVariable_Check(arg)) {
+    PyErr_Format(PyExc_TypeError, "pack_pointwise: expected a tensor, got %s", Py_TYPE(arg)->tp_name);
+    return nullptr;
+  }
+  return THPVariable_Wrap(mnv3::pack_pointwise_weight(THPVariable_Unpack(arg)));
+  END_HANDLE_TH_ERRORS
+}
+
+// The dtypes whose 1x1 convs the CPU program runs as PWCONV on this build and CPU.
+PyObject* pointwise_dtypes() {
+  PyObject* names = PyList_New(0);
+  for (const auto& [dtype, name] : {std::pair{at::kFloat, "float32"}, std::pair{at::kBFloat16, "bfloat16"}}) {
+    if (mnv3::pointwise_supported(dtype)) {
+      PyObject* s = PyUnicode_FromString(name);
+      PyList_Append(names, s);
+      Py_DECREF(s);
+    }
+  }
+  PyObject* t = PyList_AsTuple(names);
+  Py_DECREF(names);
+  return t;
+}
+
 PyMethodDef methods[] = {
+    {"pack_pointwise", pack_pointwise, METH_O, "pack_pointwise(weight) -> the PWCONV instruction's packed weight"},
     {"fingerprint", fingerprint, METH_O, "fingerprint(tensors) -> (hash, any_requires_grad, cacheable)"},
     {"model_state", model_state, METH_VARARGS,
      "model_state(model, hyperparameters, mode_sensitive, read_content=True) -> (hash, any_requires_grad, cacheable, "
@@ -248,7 +280,8 @@ PyModuleDef mnv3_module = {PyModuleDef_HEAD_INIT, "_C", "mnv3_fast C++ CPU kerne
 
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&mnv3_module);
-  if (m && PyModule_AddObject(m, "PROGRAM_TABLE", program_table()) < 0) {
+  if (m && (PyModule_AddObject(m, "PROGRAM_TABLE", program_table()) < 0 ||
+            PyModule_AddObject(m, "POINTWISE_DTYPES", pointwise_dtypes()) < 0)) {
     Py_DECREF(m);
     return nullptr;
   }

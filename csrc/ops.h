@@ -38,4 +38,13 @@ at::Tensor global_avg_pool_cpu(const at::Tensor& x);
 at::Tensor stem_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          int64_t stride, int64_t padding, int64_t act, double out_scale = 0, int64_t out_zp = 0);
 
+// The CPU program's 1x1 convs on oneDNN's brgemm micro-kernel (pointwise_conv.cpp).  Whether this
+// build and CPU run them in `dtype` (float32: torch with the fp32 brgemm; bfloat16: AMX).
+bool pointwise_supported(at::ScalarType dtype);
+// A 1x1 conv weight (N, K[, 1, 1]) packed for pointwise_conv_cpu: (ceil(N / 32), K, 32).
+at::Tensor pack_pointwise_weight(const at::Tensor& weight);
+// act(conv1x1(x) + bias) (+ residual), x channels_last in float32 or bfloat16; act: an activation code.
+at::Tensor pointwise_conv_cpu(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
+                              int64_t out_channels, int64_t act, const at::Tensor* residual);
+
 }  // namespace mnv3

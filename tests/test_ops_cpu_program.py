@@ -1,5 +1,7 @@
 """mnv3::run_cpu_program (a whole CPU forward in one call) against plain PyTorch in float64,
 against its Python interpreter, and on bad programs."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,3 +213,116 @@ def test_bad_programs_and_inputs(run):
         run(x[0], tensors, program)
     with pytest.raises(TypeError, match="expected x to be float32 or bfloat16 on the CPU, got (torch.float64|Double)"):
         run(x.double(), tensors, program)
+
+
+# ---------------------------------------------------------------- PWCONV (1x1 convs on oneDNN's brgemm)
+
+from mnv3_fast.backends.cpu import program as cpu_program  # noqa: E402
+
+
+def needs_pwconv(dtype):
+    return pytest.mark.skipif(dtype not in cpu_program.POINTWISE_DTYPES,
+                              reason=f"this torch or CPU runs no PWCONV in {dtype} (bfloat16 needs AMX)")
+
+
+PW_DTYPES = [pytest.param(d, marks=needs_pwconv(d)) for d in (torch.float32, torch.bfloat16)]
+
+
+def pwconv_case(N, K, C, H, W, act, residual, dtype, seed=0):
+    """x, tensors, program (SAVE, PWCONV, POOL, identity LINEAR) and the float64 map before the pool."""
+    from mnv3_fast import _C
+
+    x = randn(N, K, H, W, dtype=dtype, seed=seed, memory_format=torch.channels_last)
+    w, b = randn(C, K, 1, 1, seed=seed + 1, scale=K ** -0.5), randn(C, seed=seed + 2)
+    if residual:  # a saved value of C channels: a first PWCONV (no act) makes one from x
+        w0, b0 = randn(C, K, 1, 1, seed=seed + 3, scale=K ** -0.5), randn(C, seed=seed + 4)
+        w = randn(C, C, 1, 1, seed=seed + 1, scale=C ** -0.5)
+    tensors = [_C.pack_pointwise(w.to(dtype)), b, torch.eye(C, dtype=dtype)]
+    program = [cp.PWCONV, 0, 1, act, residual, cp.POOL, cp.LINEAR, 2, -1, 0, C]
+    wd = w.to(dtype).double()
+    if residual:
+        tensors += [_C.pack_pointwise(w0.to(dtype)), b0]
+        program = [cp.PWCONV, 3, 4, 0, 0, cp.SAVE] + program
+        y = F.conv2d(x.double(), w0.to(dtype).double(), b0.double()).to(dtype).double()  # (stored in dtype)
+        expected = F.conv2d(y, wd, b.double())
+    else:
+        y, expected = None, F.conv2d(x.double(), wd, b.double())
+    expected = [lambda v: v, F.relu, F.hardswish][act](expected)
+    return x, tensors, program, expected + y if residual else expected
+
+
+@pytest.mark.parametrize("dtype", PW_DTYPES)
+@pytest.mark.parametrize("act", [0, 1, 2])
+@pytest.mark.parametrize("residual", [0, 1])
+@pytest.mark.parametrize("run", [cp.run_cpu_program, cp.run_cpu_program_reference], ids=["op", "interpreter"])
+def test_pwconv_every_pixel(dtype, act, residual, run, poison_outputs):
+    """1x1 maps, so the pooled logits are the conv's every output: 67 pixels (a tile of 64 and a partial
+    one), 40 and 18 output channels (a block of 32 and a partial one), 24 and 14 input channels."""
+    for N, K, C in [(67, 24, 40), (3, 14, 18)]:
+        x, tensors, program, expected = pwconv_case(N, K, C, 1, 1, act, residual, dtype)
+        out = run(x, tensors, program)
+        assert out.dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(out.double(), expected.flatten(1), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", PW_DTYPES)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_pwconv_maps(dtype, batch, poison_outputs):
+    """Odd-sized maps (partial tiles), every output channel count mod 32; a skipped pixel is NaN (poison)."""
+    for C in (8, 34, 72):
+        x, tensors, program, expected = pwconv_case(batch, 16, C, 11, 9, 2, 1, dtype, seed=C)
+        out = cp.run_cpu_program(x, tensors, program)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(out.double(), expected.mean(dim=(2, 3)), rtol=tol, atol=tol)
+        torch.testing.assert_close(out, cp.run_cpu_program_reference(x, tensors, program), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", PW_DTYPES)
+def test_pack_pointwise_round_trip(dtype):
+    """`unpack_pointwise` (the interpreter's reading of the format) inverts _C.pack_pointwise."""
+    from mnv3_fast import _C
+
+    for C, K in [(13, 14), (32, 16), (72, 24), (960, 160)]:
+        w = randn(C, K, 1, 1, seed=C).to(dtype)
+        packed = _C.pack_pointwise(w)
+        assert packed.shape == ((C + 31) // 32, K, 32)
+        assert torch.equal(cp.unpack_pointwise(packed, C), w[:, :, 0, 0])
+
+
+@needs_pwconv(torch.float32)
+def test_pwconv_bad_inputs():
+    from mnv3_fast import _C
+
+    x, tensors, program, _ = pwconv_case(2, 24, 40, 3, 3, 0, 0, torch.float32)
+    with pytest.raises(ValueError, match=r"expected a packed weight of shape \(2, 16, 32\) for 16 input and 40"):
+        cp.run_cpu_program(x[:, :16], tensors, program)
+    with pytest.raises(ValueError, match="PWCONV at position 0 needs a packed weight"):
+        cp.run_cpu_program(x, [tensors[0][0]] + tensors[1:], program)
+    with pytest.raises(ValueError, match="PWCONV at position 0 names tensor -1"):
+        cp.run_cpu_program(x, tensors, [cp.PWCONV, 0, -1] + program[3:])
+    with pytest.raises(TypeError, match="expected x and the packed weight in one dtype .* got x BFloat16 and the"):
+        cp.run_cpu_program(x.bfloat16(), tensors[:2] + [tensors[2].bfloat16()], program)
+    with pytest.raises(TypeError, match="pack_pointwise_weight: this build and CPU run PWCONV in float32"):
+        _C.pack_pointwise(torch.randn(40, 24, 1, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"expected a 1x1 conv weight \(N, K, 1, 1\) or a matrix \(N, K\), got"):
+        _C.pack_pointwise(torch.randn(4, 4, 3, 3))
+
+
+@pytest.mark.parametrize("mode", ["LARGE", "SMALL"])
+def test_model_program_with_and_without_pwconv(mode, monkeypatch):
+    """Both ways of running the 1x1 convs (PWCONV, or oneDNN's convolution: CONV) give the model's logits."""
+    model = mnv3_fast.MobileNetV3(mode).eval()
+    x = randn(2, 3, 64, 64, memory_format=torch.channels_last)
+    outs = {}
+    with torch.no_grad():
+        for dtypes in (cpu_program.POINTWISE_DTYPES, ()):
+            monkeypatch.setattr(cpu_program, "POINTWISE_DTYPES", dtypes)
+            fresh = copy.deepcopy(model)  # (programs are cached per model)
+            p = backends.CPU_PROGRAM.program(fresh, x, backends.make_call(fresh, x))
+            ops_used = {op for op, _ in cp.decode(p.program, p.tensors)}
+            assert (cp.PWCONV in ops_used) == (torch.float32 in dtypes) and (cp.CONV in ops_used) != (cp.PWCONV in ops_used)
+            outs[dtypes] = cp.run_cpu_program(x, p.tensors, p.program)
+    torch.testing.assert_close(*outs.values(), rtol=1e-5, atol=1e-5)
+    expected = model.double()(x.double())
+    torch.testing.assert_close(outs[()].double(), expected, rtol=1e-4, atol=1e-4)

@@ -76,6 +76,10 @@ def test_sliced_strided_bias_no_bias_and_empty(target, poison_outputs):
     check_on(target, x[:, :, 1:, ::2], w, b, 1, 1, "hswish")
     check_on(target, x.to(memory_format=torch.channels_last)[:, :, 2:-1], w, b, 2, 1, "none")
     check_on(target, x, w, randn(16)[::2], 1, 1, "relu")  # a strided bias (issue 14: read as contiguous)
+    # The CPU program's weight layout, (k, k, C) in memory, which the channels_last kernel uses as it is.
+    tap_major = w.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
+    check_on(target, x.to(memory_format=torch.channels_last), tap_major, b, 1, 1, "hswish")
+    check_on(target, x, tap_major, b, 2, 1, "relu")
     assert target.ops.dw_conv_bn_act(*(target.to(t) for t in (x[:0], w, b)), 1, 1, 1, "relu").shape == (0, 8, 12, 12)
 
 

@@ -31,6 +31,11 @@ of truth:
     STEM   weight bias stride pad act      a conv over few input channels (the image),
                                            computed directly; any input layout in,
                                            channels_last out
+    PWCONV weight bias act res             a 1x1 conv, stride 1, on oneDNN's brgemm
+                                           micro-kernel (csrc/pointwise_conv.cpp): act, then
+                                           res=1 adds the saved value; weight packed by
+                                           mnv3_fast._C.pack_pointwise (see `unpack_pointwise`),
+                                           the bias (required) gives the output channels
 
 int8 (mnv3_fast.quantize): activations flow as uint8 with per-tensor (scale,
 zero point) pairs, q = clamp(round(x / scale) + zp, 0, 255); `qp` names a
@@ -94,8 +99,9 @@ OPCODES = (
     Opcode("QDW", 7, 5, (0, 1, 6), (1,)),
     Opcode("QSE", 5, -1, (0, 1, 2, 3, 4)),
     Opcode("QPOOL", 1, -1, (0,)),
+    Opcode("PWCONV", 4, 2, (0, 1)),
 )
-SAVE, CONV, DW, SE, AFFINE, ACT, MARK, POOL, LINEAR, STEM, QSTEM, QCONV, QDW, QSE, QPOOL = range(len(OPCODES))
+SAVE, CONV, DW, SE, AFFINE, ACT, MARK, POOL, LINEAR, STEM, QSTEM, QCONV, QDW, QSE, QPOOL, PWCONV = range(len(OPCODES))
 # For each int8 opcode: which argument is its qparams tensor, and how many values it holds.
 QPARAMS = {QSTEM: (5, 2), QCONV: (8, 6), QDW: (6, 4), QSE: (4, 2), QPOOL: (0, 2)}
 ACTS = ACTIVATIONS  # an activation code is the index of its name
@@ -103,7 +109,17 @@ ACTS = ACTIVATIONS  # an activation code is the index of its name
 # keeps NaN.  So ReLU runs after the conv, in place.
 ONEDNN_ATTR = ("none", "none", "hardswish")
 _ON_POOLED = (ACT, LINEAR)  # the instructions that take the pooled (N, C) value
-_RESIDUAL_ARG = {CONV: 5, QCONV: 7}
+_RESIDUAL_ARG = {CONV: 5, QCONV: 7, PWCONV: 3}
+
+
+def unpack_pointwise(packed: torch.Tensor, out_channels: int) -> torch.Tensor:
+    """The (N, K) matrix of a PWCONV weight.  mnv3_fast._C.pack_pointwise stores blocks of 32 output
+    channels, (blocks, K, 32), zero past N; bfloat16 in VNNI order: pairs of K interleaved,
+    (blocks, K / 2, 32, 2), as the AMX micro-kernel reads them."""
+    blocks, k, width = packed.shape
+    if packed.dtype == torch.bfloat16:
+        packed = packed.view(blocks, k // 2, width, 2).transpose(2, 3).reshape(blocks, k, width)
+    return packed.permute(1, 0, 2).reshape(k, blocks * width)[:, :out_channels].t()
 
 
 def decode(program: list, tensors: list) -> list:
@@ -143,6 +159,9 @@ def decode(program: list, tensors: list) -> list:
             if not (t.dtype == torch.float64 and t.dim() == 1 and t.shape[0] == count):
                 raise ValueError(f"{OP}: {info.name} at position {i} needs its quantization parameters as a "
                                  f"float64 tensor of {count} values, got {t.dtype} of shape {list(t.shape)}")
+        if op == PWCONV and (tensors[args[0]].dim() != 3 or tensors[args[1]].dim() != 1):
+            raise ValueError(f"{OP}: PWCONV at position {i} needs a packed weight (blocks, K, 32) and a bias (N), "
+                             f"got shapes {list(tensors[args[0]].shape)} and {list(tensors[args[1]].shape)}")
         if op == LINEAR and (tensors[args[0]].dim() != 2 or tensors[args[0]].shape[0] != args[3]):
             raise ValueError(f"{OP}: LINEAR at position {i} declares {args[3]} output features, "
                              f"but its weight has shape {list(tensors[args[0]].shape)}")
@@ -186,6 +205,13 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
                 x = x.relu_()
             if residual:  # the seed variant adds after the activation
                 x = x.add_(saved)
+        elif op == PWCONV:  # in fp32, rounded once to x's dtype, as the kernel does
+            weight, bias, act, residual = a
+            w = unpack_pointwise(tensors[weight], tensors[bias].shape[0]).float()
+            y = activation(F.conv2d(x.float(), w[:, :, None, None], tensors[bias].float()), ACTS[act])
+            if residual:
+                y = y + saved.float()
+            x = y.to(x.dtype).contiguous(memory_format=torch.channels_last)
         elif op == STEM:
             weight, bias, stride, pad, act = a
             x = F.conv2d(x, tensors[weight], tensor(bias), stride, pad).contiguous(memory_format=torch.channels_last)

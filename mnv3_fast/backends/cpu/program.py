@@ -1,23 +1,34 @@
 """Lowering a folded plan to a CPU program: the 1x1 convs and the head packed for
 oneDNN, then the whole network encoded for `mnv3::run_cpu_program`.
 
-The 1x1 convs (expand, project, last stage) run as oneDNN convolutions with
-weights pre-packed once into oneDNN's blocked layout, the activation and the
-residual add fused in as post-ops (the ATen ops torch.compile's CPU backend
-uses).  ATen's own conv2d picks a slow fallback for many of MobileNetV3's 1x1
-shapes in channels_last, and re-packs the weights on every call.  Everything
-runs channels_last.  The instruction set is `mnv3_fast.ops.cpu_program`'s.
+The 1x1 convs (expand, project, last stage) run on oneDNN, with weights
+pre-packed once, the activation and the residual add fused in:
+* as PWCONV, on oneDNN's brgemm micro-kernel through ATen's cpublas (float32,
+  and bfloat16 with AMX): no per-call conv wrapper, which at batch 1 cost about
+  as much as the convs' arithmetic;
+* else as CONV, oneDNN convolutions (the ATen ops torch.compile's CPU backend
+  uses), weights in oneDNN's blocked layout.
+ATen's own conv2d picks a slow fallback for many of MobileNetV3's 1x1 shapes in
+channels_last, and re-packs the weights on every call.  Everything runs
+channels_last.  The instruction set is `mnv3_fast.ops.cpu_program`'s.
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple, Optional
 
 import torch
 
 from ...ops import cpu_program as isa
+from ...ops._library import EXTENSION_ERROR
 from ...ops._checks import conv_output_size
 from ...plan import ConvStep, DwStep, LastStagePlan, Plan, SeStep
+
+if EXTENSION_ERROR is None:
+    from ... import _C
+else:
+    _C = None
 
 HAS_ONEDNN = torch.backends.mkldnn.is_available() and all(
     hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise", "_reorder_convolution_weight",
@@ -37,12 +48,25 @@ def _onednn_bf16() -> bool:
 HAS_ONEDNN_BF16 = _onednn_bf16()
 
 
+def _pointwise_dtypes() -> tuple:
+    """The dtypes whose 1x1 convs run as PWCONV (oneDNN's brgemm micro-kernel, without ATen's per-call
+    conv wrapper): what the extension reports for this build and CPU (float32 where torch has the fp32
+    brgemm; bfloat16 with AMX).  MNV3_CPU_PWCONV=0 keeps every 1x1 conv on oneDNN's convolution."""
+    if _C is None or os.environ.get("MNV3_CPU_PWCONV", "1") == "0":
+        return ()
+    return tuple(getattr(torch, name) for name in _C.POINTWISE_DTYPES)
+
+
+POINTWISE_DTYPES = _pointwise_dtypes()
+
+
 class PackedConv(NamedTuple):
-    weight: torch.Tensor  # pre-packed for one input size
+    weight: torch.Tensor  # pre-packed for one input size (oneDNN), or for PWCONV
     bias: Optional[torch.Tensor]
     stride: int
     padding: int
     act: str  # "none", "relu" or "hswish" (applied before the residual add, if any)
+    pointwise: bool = False  # a PWCONV (weight from _C.pack_pointwise, bias float32 and never None)
 
 
 class PackedBlock(NamedTuple):
@@ -103,8 +127,11 @@ def pack_plan(plan: Plan, shape: list, params: Optional[Plan] = None) -> PackedP
     params = params or plan
     input_shape = {id(step): in_shape for step, in_shape, _ in conv_shapes(plan, list(shape))}
 
-    def pack(step: ConvStep) -> PackedConv:
+    def pack(step: ConvStep, fp32_step: ConvStep) -> PackedConv:
         p, s = step.padding, step.stride
+        if pointwise(step):
+            bias = fp32_step.bias if fp32_step.bias is not None else torch.zeros(step.weight.shape[0])
+            return PackedConv(_C.pack_pointwise(step.weight), bias.float(), s, p, step.act, True)
         weight = torch.ops.mkldnn._reorder_convolution_weight(step.weight, [p, p], [s, s], [1, 1], 1,
                                                               input_shape[id(step)])
         return PackedConv(weight, step.bias, s, p, step.act)
@@ -112,10 +139,19 @@ def pack_plan(plan: Plan, shape: list, params: Optional[Plan] = None) -> PackedP
     def linear(step: ConvStep) -> PackedLinear:
         return pack_linear(step, shape[0])
 
-    blocks = tuple(PackedBlock(None if b.expand is None else pack(b.expand), p.depthwise, p.se, pack(b.project),
-                               b.residual) for b, p in zip(plan.blocks, params.blocks))
+    blocks = tuple(PackedBlock(None if b.expand is None else pack(b.expand, p.expand), p.depthwise, p.se,
+                               pack(b.project, p.project), b.residual) for b, p in zip(plan.blocks, params.blocks))
     last = plan.last._replace(se=params.last.se)
-    return PackedPlan(plan.stem, blocks, last, pack(plan.last.conv), linear(plan.head), linear(plan.classifier))
+    return PackedPlan(plan.stem, blocks, last, pack(plan.last.conv, params.last.conv), linear(plan.head),
+                      linear(plan.classifier))
+
+
+def pointwise(step: ConvStep) -> bool:
+    """Whether a conv runs as PWCONV: 1x1, stride 1, in a dtype of POINTWISE_DTYPES (bfloat16 with an
+    even number of input channels, for AMX's pairs)."""
+    w = step.weight
+    return (w.dtype in POINTWISE_DTYPES and w.shape[2:] == (1, 1) and step.stride == 1 and step.padding == 0
+            and (w.dtype != torch.bfloat16 or w.shape[1] % 2 == 0))
 
 
 def pack_linear(step: ConvStep, batch: int) -> PackedLinear:
@@ -127,6 +163,12 @@ def pack_linear(step: ConvStep, batch: int) -> PackedLinear:
 def activation_peak(plan: Plan, shape: list) -> int:
     """The most elements (per image) any one conv reads plus writes, for inputs of `shape` (C, H, W)."""
     return max(math.prod(i[1:]) + math.prod(o[1:]) for _, i, o in conv_shapes(plan, [1] + list(shape)))
+
+
+def tap_major(weight: torch.Tensor) -> torch.Tensor:
+    """A depthwise weight (C, 1, k, k) with its memory laid out (k, k, C), as the channels_last kernel
+    reads it: the kernel then takes it as it is, instead of reordering it on every call."""
+    return weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
 
 
 class ProgramWriter:
@@ -161,7 +203,10 @@ def encode_program(plan: PackedPlan) -> CpuProgram:
     tensor, act = w.tensor, w.act
 
     def conv(c: PackedConv, residual: bool = False):
-        w.emit(isa.CONV, tensor(c.weight), tensor(c.bias), c.stride, c.padding, act(c.act), int(residual))
+        if c.pointwise:
+            w.emit(isa.PWCONV, tensor(c.weight), tensor(c.bias), act(c.act), int(residual))
+        else:
+            w.emit(isa.CONV, tensor(c.weight), tensor(c.bias), c.stride, c.padding, act(c.act), int(residual))
 
     def se(s: Optional[SeStep]):
         if s is not None:
@@ -176,7 +221,8 @@ def encode_program(plan: PackedPlan) -> CpuProgram:
         if b.expand is not None:
             conv(b.expand)
         dw = b.depthwise
-        w.emit(isa.DW, tensor(dw.weight), tensor(dw.bias), dw.stride, dw.padding, dw.dilation, act(dw.act))
+        w.emit(isa.DW, tensor(tap_major(dw.weight)), tensor(dw.bias), dw.stride, dw.padding, dw.dilation,
+               act(dw.act))
         se(b.se)
         conv(b.project, b.residual)
         w.emit(isa.MARK, dw.stride)

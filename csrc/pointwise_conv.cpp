@@ -1,0 +1,164 @@
+// The CPU program's 1x1 convs (PWCONV) on oneDNN's batch-reduce GEMM micro-kernel, reached through
+// ATen's at::native::cpublas::brgemm: AMX tiles for bf16, AVX-512/AVX2 FMAs for fp32.
+//
+// Why not oneDNN's convolution (mkldnn::_convolution_pointwise, the CONV instruction)?  At batch 1 a
+// MobileNetV3 1x1 conv computes for 10-60 us, and ATen's wrapper around each call (ideep tensors,
+// primitive-cache lookup, attribute objects, allocations) adds ~20-40 us.  Here each call is a loop over
+// output tiles: a cached micro-kernel per tile shape, and the bias, activation, residual add and dtype
+// conversion applied while the tile is still in L1.
+//
+// Layout: x is NHWC, i.e. an (M = N*H*W, K) row-major matrix; the weight is packed once into blocks of
+// kBlockN output channels, (blocks, K, kBlockN) for fp32 and the same bytes in VNNI order (pairs of K
+// interleaved: (blocks, K/2, kBlockN, 2)) for bf16.  mnv3_fast/ops/cpu_program.py unpacks the same format.
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+
+#include "common.h"
+#include "ops.h"
+
+namespace mnv3 {
+namespace {
+
+constexpr const char* kOp = "mnv3::run_cpu_program (PWCONV)";
+constexpr int64_t kBlockN = 32;  // output channels per packed block (two AVX-512 vectors, an AMX tile's width x2)
+constexpr int64_t kBlockM = 64;  // output pixels per tile: the fp32 tile (8 KB) stays in L1 for the epilogue
+
+#if defined(CPUBLAS_BRGEMM_F32F32F32)
+constexpr bool kHasF32 = true;
+#else
+constexpr bool kHasF32 = false;
+#endif
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+constexpr bool kHasBF16 = true;
+#else
+constexpr bool kHasBF16 = false;
+#endif
+
+// y[m, n0:n0+nv] = act(acc + bias) (+ residual), for one tile of acc (rows x kBlockN, fp32).
+template <Act A, typename T>
+void epilogue(const float* acc, int64_t rows, int64_t nv, const float* bias, T* y, const T* res, int64_t ld) {
+  using IO = VecIO<T>;
+  using Vec = typename IO::Vec;
+  constexpr int64_t V = IO::kSize;
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* a = acc + i * kBlockN;
+    T* out = y + i * ld;
+    const T* r = res ? res + i * ld : nullptr;
+    for (int64_t j = 0; j < nv; j += V) {
+      const int64_t n = std::min(V, nv - j);
+      Vec v = apply_act<A>(Vec::loadu(a + j) + Vec::loadu(bias + j, n));
+      if (r) v = v + (n == V ? IO::load(r + j) : IO::load(r + j, n));
+      n == V ? IO::store(out + j, v) : IO::store(out + j, v, n);
+    }
+  }
+}
+
+template <typename T>
+void brgemm_tile(int64_t rows, int64_t K, const T* a, const T* b, float* acc) {
+  if constexpr (std::is_same_v<T, float>) {
+#if defined(CPUBLAS_BRGEMM_F32F32F32)
+    at::native::cpublas::brgemm(rows, kBlockN, K, K, kBlockN, kBlockN, false, a, b, acc, /*is_vnni=*/false);
+#endif
+  } else {
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+    at::native::cpublas::brgemm(rows, kBlockN, K, K, kBlockN, kBlockN, false, a, b, acc, /*is_vnni=*/true);
+#endif
+  }
+}
+
+template <typename T, Act A>
+void run_tiles(const T* x, const T* w, const float* bias, const T* res, T* y, int64_t M, int64_t N, int64_t K) {
+  const int64_t m_tiles = (M + kBlockM - 1) / kBlockM, n_tiles = (N + kBlockN - 1) / kBlockN;
+  // Tiles row-major: consecutive tiles share their rows of x (in L1), every tile reads all of w (in L2).
+  at::parallel_for(0, m_tiles * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float acc[kBlockM * kBlockN];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t m0 = t / n_tiles * kBlockM, n0 = t % n_tiles * kBlockN;
+      const int64_t rows = std::min(kBlockM, M - m0);
+      brgemm_tile<T>(rows, K, x + m0 * K, w + n0 * K, acc);
+      epilogue<A>(acc, rows, std::min(kBlockN, N - n0), bias + n0, y + m0 * N + n0, res ? res + m0 * N + n0 : nullptr,
+                  N);
+    }
+    if constexpr (!std::is_same_v<T, float>) at::native::cpublas::brgemm_release(/*is_vnni=*/true);  // AMX tiles
+  });
+}
+
+}  // namespace
+
+bool pointwise_supported(at::ScalarType dtype) {
+  if (dtype == at::kFloat) return kHasF32;
+  if (dtype == at::kBFloat16) return kHasBF16 && at::native::cpublas::could_pack(at::kBFloat16);  // AMX
+  return false;
+}
+
+Tensor pack_pointwise_weight(const Tensor& weight) {
+  constexpr const char* op = "mnv3::pack_pointwise_weight";
+  const bool shape_ok = weight.dim() == 2 || (weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1);
+  TORCH_CHECK_VALUE(shape_ok, op, ": expected a 1x1 conv weight (N, K, 1, 1) or a matrix (N, K), got ",
+                    shape_str(weight));
+  TORCH_CHECK_VALUE(weight.device().is_cpu(), op, ": expected a CPU weight, got one on ", weight.device());
+  TORCH_CHECK_TYPE(pointwise_supported(weight.scalar_type()), op, ": this build and CPU run PWCONV in ",
+                   pointwise_supported(at::kBFloat16) ? "float32 and bfloat16" : "float32",
+                   pointwise_supported(at::kFloat) ? "" : " (not even that: torch lacks the brgemm micro-kernel)",
+                   ", got ", weight.scalar_type());
+  const int64_t N = weight.size(0), K = weight.size(1), blocks = (N + kBlockN - 1) / kBlockN;
+  const bool vnni = weight.scalar_type() == at::kBFloat16;
+  TORCH_CHECK_VALUE(!vnni || K % 2 == 0, op, ": a bfloat16 weight needs an even number of input channels, got ", K);
+  // (K, blocks * kBlockN), zero beyond N, then each block's (K, kBlockN) columns.
+  Tensor padded = at::zeros({K, blocks * kBlockN}, weight.options());
+  padded.narrow(1, 0, N).copy_(weight.reshape({N, K}).t());
+  if (!vnni) return padded.view({K, blocks, kBlockN}).permute({1, 0, 2}).contiguous();
+  Tensor packed = at::empty({blocks, K, kBlockN}, weight.options());
+  for (int64_t b = 0; b < blocks; ++b) {
+    at::native::cpublas::pack(K, kBlockN, blocks * kBlockN, kBlockN, at::kBFloat16, at::kBFloat16,
+                              padded.const_data_ptr<c10::BFloat16>() + b * kBlockN, packed[b].data_ptr());
+  }
+  return packed;
+}
+
+Tensor pointwise_conv_cpu(const Tensor& x, const Tensor& packed, const std::optional<Tensor>& bias,
+                          int64_t out_channels, int64_t act, const Tensor* residual) {
+  const int64_t K = x.size(1), N = out_channels;
+  TORCH_CHECK_TYPE(pointwise_supported(x.scalar_type()) && packed.scalar_type() == x.scalar_type(), kOp,
+                   ": expected x and the packed weight in one dtype this CPU runs PWCONV in, got x ", x.scalar_type(),
+                   " and the weight ", packed.scalar_type());
+  TORCH_CHECK_VALUE(packed.dim() == 3 && packed.size(1) == K && packed.size(2) == kBlockN &&
+                        packed.size(0) == (N + kBlockN - 1) / kBlockN && packed.is_contiguous(),
+                    kOp, ": expected a packed weight of shape (", (N + kBlockN - 1) / kBlockN, ", ", K, ", ", kBlockN,
+                    ") for ", K, " input and ", N, " output channels, got ", shape_str(packed));
+  std::vector<float> bias_store, zeros;
+  const float* bp;
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->numel() == N, kOp, ": expected a bias of ", N, " values, got ", shape_str(*bias));
+    bp = acc_data<float>(*bias, bias_store);
+  } else {
+    zeros.assign(N, 0.f);
+    bp = zeros.data();
+  }
+  const Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  Tensor y = at::empty({x.size(0), N, x.size(2), x.size(3)}, xc.options().memory_format(at::MemoryFormat::ChannelsLast));
+  Tensor res;
+  if (residual) {
+    TORCH_CHECK_VALUE(residual->sizes() == y.sizes(), kOp, ": the saved residual has shape ", shape_str(*residual),
+                      ", the conv's output ", shape_str(y));
+    res = residual->contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  const int64_t M = xc.numel() / std::max<int64_t>(K, 1);
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_SWITCH(x.scalar_type(), kOp, AT_DISPATCH_CASE(at::kFloat, [&] {
+    dispatch_act(static_cast<Act>(act), [&](auto a) {
+      run_tiles<scalar_t, decltype(a)::value>(xc.const_data_ptr<scalar_t>(), packed.const_data_ptr<scalar_t>(), bp,
+                                              residual ? res.const_data_ptr<scalar_t>() : nullptr,
+                                              y.mutable_data_ptr<scalar_t>(), M, N, K);
+    });
+  }) AT_DISPATCH_CASE(at::kBFloat16, [&] {
+    dispatch_act(static_cast<Act>(act), [&](auto a) {
+      run_tiles<scalar_t, decltype(a)::value>(xc.const_data_ptr<scalar_t>(), packed.const_data_ptr<scalar_t>(), bp,
+                                              residual ? res.const_data_ptr<scalar_t>() : nullptr,
+                                              y.mutable_data_ptr<scalar_t>(), M, N, K);
+    });
+  }));
+  return y;
+}
+
+}  // namespace mnv3
