@@ -119,7 +119,8 @@ inline V hsigmoid_vec(V x) {
 
 template <Act A, typename V>
 inline V apply_act(V x) {
-  if constexpr (A == Act::ReLU) return at::vec::maximum(x, V(0));
+  // (clamp_min keeps a NaN in one instruction, the constant first; maximum tests for it separately)
+  if constexpr (A == Act::ReLU) return at::vec::clamp_min(x, V(0));
   if constexpr (A == Act::HSwish) return x * hsigmoid_vec(x);
   return x;
 }
