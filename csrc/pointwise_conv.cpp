@@ -23,15 +23,9 @@ constexpr const char* kOp = "mnv3::run_cpu_program (PWCONV)";
 constexpr int64_t kBlockN = 32;  // output channels per packed block (two AVX-512 vectors, an AMX tile's width x2)
 constexpr int64_t kBlockM = 64;  // output pixels per tile: the fp32 tile (8 KB) stays in L1 for the epilogue
 
-#if defined(CPUBLAS_BRGEMM_F32F32F32)
-constexpr bool kHasF32 = true;
-#else
-constexpr bool kHasF32 = false;
-#endif
-#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
-constexpr bool kHasBF16 = true;
-#else
-constexpr bool kHasBF16 = false;
+// torch announces its brgemm entry points with these macros (2.7 and later; older versions run CONV).
+#if defined(CPUBLAS_BRGEMM_F32F32F32) && defined(CPUBLAS_BRGEMM_BF16BF16F32)
+#define MNV3_HAS_BRGEMM 1
 #endif
 
 // y[m, n0:n0+nv] = act(acc + bias) (+ residual), for one tile of acc (rows x kBlockN, fp32).
@@ -53,17 +47,11 @@ void epilogue(const float* acc, int64_t rows, int64_t nv, const float* bias, T* 
   }
 }
 
+#ifdef MNV3_HAS_BRGEMM
 template <typename T>
 void brgemm_tile(int64_t rows, int64_t K, const T* a, const T* b, float* acc) {
-  if constexpr (std::is_same_v<T, float>) {
-#if defined(CPUBLAS_BRGEMM_F32F32F32)
-    at::native::cpublas::brgemm(rows, kBlockN, K, K, kBlockN, kBlockN, false, a, b, acc, /*is_vnni=*/false);
-#endif
-  } else {
-#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
-    at::native::cpublas::brgemm(rows, kBlockN, K, K, kBlockN, kBlockN, false, a, b, acc, /*is_vnni=*/true);
-#endif
-  }
+  constexpr bool vnni = !std::is_same_v<T, float>;  // bf16: AMX, the weight in VNNI order
+  at::native::cpublas::brgemm(rows, kBlockN, K, K, kBlockN, kBlockN, false, a, b, acc, vnni);
 }
 
 template <typename T, Act A>
@@ -82,12 +70,15 @@ void run_tiles(const T* x, const T* w, const float* bias, const T* res, T* y, in
     if constexpr (!std::is_same_v<T, float>) at::native::cpublas::brgemm_release(/*is_vnni=*/true);  // AMX tiles
   });
 }
+#endif
 
 }  // namespace
 
 bool pointwise_supported(at::ScalarType dtype) {
-  if (dtype == at::kFloat) return kHasF32;
-  if (dtype == at::kBFloat16) return kHasBF16 && at::native::cpublas::could_pack(at::kBFloat16);  // AMX
+#ifdef MNV3_HAS_BRGEMM
+  if (dtype == at::kFloat) return true;
+  if (dtype == at::kBFloat16) return at::native::cpublas::could_pack(at::kBFloat16);  // AMX
+#endif
   return false;
 }
 
@@ -109,10 +100,12 @@ Tensor pack_pointwise_weight(const Tensor& weight) {
   padded.narrow(1, 0, N).copy_(weight.reshape({N, K}).t());
   if (!vnni) return padded.view({K, blocks, kBlockN}).permute({1, 0, 2}).contiguous();
   Tensor packed = at::empty({blocks, K, kBlockN}, weight.options());
+#ifdef MNV3_HAS_BRGEMM
   for (int64_t b = 0; b < blocks; ++b) {
     at::native::cpublas::pack(K, kBlockN, blocks * kBlockN, kBlockN, at::kBFloat16, at::kBFloat16,
                               padded.const_data_ptr<c10::BFloat16>() + b * kBlockN, packed[b].data_ptr());
   }
+#endif
   return packed;
 }
 
@@ -145,6 +138,7 @@ Tensor pointwise_conv_cpu(const Tensor& x, const Tensor& packed, const std::opti
   }
   const int64_t M = xc.numel() / std::max<int64_t>(K, 1);
   if (y.numel() == 0) return y;
+#ifdef MNV3_HAS_BRGEMM
   AT_DISPATCH_SWITCH(x.scalar_type(), kOp, AT_DISPATCH_CASE(at::kFloat, [&] {
     dispatch_act(static_cast<Act>(act), [&](auto a) {
       run_tiles<scalar_t, decltype(a)::value>(xc.const_data_ptr<scalar_t>(), packed.const_data_ptr<scalar_t>(), bp,
@@ -158,6 +152,7 @@ Tensor pointwise_conv_cpu(const Tensor& x, const Tensor& packed, const std::opti
                                               y.mutable_data_ptr<scalar_t>(), M, N, K);
     });
   }));
+#endif
   return y;
 }
 
