@@ -26,7 +26,8 @@ constexpr const char* kProfileNames[kNumOpcodes] = {
     "mnv3::program::SAVE",  "mnv3::program::CONV",  "mnv3::program::DW",   "mnv3::program::SE",
     "mnv3::program::AFFINE", "mnv3::program::ACT",  "mnv3::program::MARK", "mnv3::program::POOL",
     "mnv3::program::LINEAR", "mnv3::program::STEM", "mnv3::program::QSTEM", "mnv3::program::QCONV",
-    "mnv3::program::QDW",   "mnv3::program::QSE",   "mnv3::program::QPOOL", "mnv3::program::PWCONV"};
+    "mnv3::program::QDW",   "mnv3::program::QSE",   "mnv3::program::QPOOL", "mnv3::program::PWCONV",
+    "mnv3::program::QPWCONV"};
 // oneDNN's ReLU post-op turns NaN into 0, so a conv's ReLU runs after it, in
 // place (or in the depthwise conv that follows, as it loads).
 constexpr const char* kOneDnnAttr[kNumActs] = {"none", "none", "hardswish"};
@@ -152,6 +153,14 @@ int64_t validate(at::TensorList tensors, at::IntArrayRef program) {
         TORCH_CHECK_VALUE(!a[3] || saved_any, kOp, ": PWCONV at position ", i,
                           " adds a residual, but no SAVE comes before it");
         break;
+      case kQPwConv:  // weight params act residual qparams
+        check_tensor(0, false), check_tensor(1, false), check_qparams(4, 6);
+        TORCH_CHECK_VALUE(tensors[a[0]].dim() == 3 && tensors[a[1]].dim() == 2, kOp, ": QPWCONV at position ", i,
+                          " needs a packed weight (blocks, K, 32) and (scale, shift) rows (2, N), got shapes ",
+                          shape_str(tensors[a[0]]), " and ", shape_str(tensors[a[1]]));
+        TORCH_CHECK_VALUE(!a[3] || saved_any, kOp, ": QPWCONV at position ", i,
+                          " adds a residual, but no SAVE comes before it");
+        break;
       case kSave: saved_any = true; break;
       case kDw:
       case kStem: check_tensor(0, false), check_tensor(1, true); break;
@@ -220,6 +229,10 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
         x = pointwise_conv_cpu(x, tensors[a[0]], tensors[a[1]], tensors[a[1]].numel(), a[2], a[3] ? &saved : nullptr);
         break;
       }
+      case kQPwConv:  // weight params act residual qparams
+        x = pointwise_conv_int8_cpu(x, tensors[a[0]], tensors[a[1]], a[2], a[3] ? &saved : nullptr,
+                                    tensors[a[4]].const_data_ptr<double>());
+        break;
       case kDw: {  // weight bias stride pad dilation act
         x = dw_conv_bn_act_cpu_impl(x, tensors[a[0]], optional_tensor(a[1]), a[2], a[3], a[4], kActNames[a[5]],
                                     relu_pending, /*fp32_params=*/true);

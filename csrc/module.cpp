@@ -250,7 +250,7 @@ PyObject* pack_pointwise(PyObject*, PyObject* arg) {
   END_HANDLE_TH_ERRORS
 }
 
-// The dtypes whose 1x1 convs the CPU program runs as PWCONV on this build and CPU.
+// The dtypes whose 1x1 convs the CPU program runs as PWCONV (int8: QPWCONV) on this build and CPU.
 PyObject* pointwise_dtypes() {
   PyObject* names = PyList_New(0);
   for (const auto& [dtype, name] : {std::pair{at::kFloat, "float32"}, std::pair{at::kBFloat16, "bfloat16"}}) {
@@ -259,6 +259,11 @@ PyObject* pointwise_dtypes() {
       PyList_Append(names, s);
       Py_DECREF(s);
     }
+  }
+  if (mnv3::pointwise_int8_supported()) {  // (the int8 program's QPWCONV)
+    PyObject* s = PyUnicode_FromString("int8");
+    PyList_Append(names, s);
+    Py_DECREF(s);
   }
   PyObject* t = PyList_AsTuple(names);
   Py_DECREF(names);

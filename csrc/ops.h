@@ -41,10 +41,18 @@ at::Tensor stem_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const st
 // The CPU program's 1x1 convs on oneDNN's brgemm micro-kernel (pointwise_conv.cpp).  Whether this
 // build and CPU run them in `dtype` (float32: torch with the fp32 brgemm; bfloat16: AMX).
 bool pointwise_supported(at::ScalarType dtype);
-// A 1x1 conv weight (N, K[, 1, 1]) packed for pointwise_conv_cpu: (ceil(N / 32), K, 32).
+// A 1x1 conv weight (N, K[, 1, 1]) packed for pointwise_conv_cpu (float32, bfloat16) or
+// pointwise_conv_int8_cpu (int8 codes): (ceil(N / 32), K, 32).
 at::Tensor pack_pointwise_weight(const at::Tensor& weight);
+// Whether this build and CPU run the int8 program's 1x1 convs as QPWCONV (AMX-INT8).
+bool pointwise_int8_supported();
 // act(conv1x1(x) + bias) (+ residual), x channels_last in float32 or bfloat16; act: an activation code.
 at::Tensor pointwise_conv_cpu(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
                               int64_t out_channels, int64_t act, const at::Tensor* residual);
+// The int8 1x1 conv: uint8 x, the weight from pack_pointwise_weight(int8), params (2, N) float32: y = acc *
+// params[0] + params[1]; then act, + the dequantized uint8 residual; qp = [in s, zp, out s, zp, res s, zp],
+// out s = 0 for a float32 output.
+at::Tensor pointwise_conv_int8_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& params,
+                                   int64_t act, const at::Tensor* residual, const double* qp);
 
 }  // namespace mnv3

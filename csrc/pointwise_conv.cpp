@@ -70,6 +70,53 @@ void run_tiles(const T* x, const T* w, const float* bias, const T* res, T* y, in
     if constexpr (!std::is_same_v<T, float>) at::native::cpublas::brgemm_release(/*is_vnni=*/true);  // AMX tiles
   });
 }
+
+// int8: x uint8 codes, the weight int8 in VNNI-4 order, int32 tiles.  The epilogue dequantizes with
+// y = acc * scale[n] + shift[n] (the input's scale and zero point folded in at packing), applies the
+// activation, adds the dequantized residual, and stores through `out` (uint8 codes, or float32).
+inline at::vec::Vectorized<float> int32_as_float(const int32_t* p, int64_t n) {
+  using Vec = at::vec::Vectorized<float>;
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << n) - 1), p));
+#else
+  float tmp[Vec::size()] = {};
+  for (int64_t i = 0; i < n; ++i) tmp[i] = static_cast<float>(p[i]);
+  return Vec::loadu(tmp);
+#endif
+}
+
+template <Act A, typename Out>
+void run_tiles_int8(const uint8_t* x, const int8_t* w, const float* scale, const float* shift, const uint8_t* res,
+                    float res_scale, float res_zp, typename Out::scalar_t* y, int64_t M, int64_t N, int64_t K,
+                    const Out& out) {
+  using Vec = at::vec::Vectorized<float>;
+  constexpr int64_t V = Vec::size();
+  const U8IO res_io;
+  const int64_t m_tiles = (M + kBlockM - 1) / kBlockM, n_tiles = (N + kBlockN - 1) / kBlockN;
+  at::parallel_for(0, m_tiles * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) int32_t acc[kBlockM * kBlockN];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t m0 = t / n_tiles * kBlockM, n0 = t % n_tiles * kBlockN;
+      const int64_t rows = std::min(kBlockM, M - m0), nv = std::min(kBlockN, N - n0);
+      at::native::cpublas::brgemm(rows, kBlockN, K, K, kBlockN, kBlockN, false, x + m0 * K, w + n0 * K, acc,
+                                  /*is_vnni=*/true);
+      for (int64_t i = 0; i < rows; ++i) {
+        typename Out::scalar_t* o = y + (m0 + i) * N + n0;
+        const uint8_t* r = res ? res + (m0 + i) * N + n0 : nullptr;
+        for (int64_t j = 0; j < nv; j += V) {
+          const int64_t n = std::min(V, nv - j);
+          Vec v = at::vec::fmadd(int32_as_float(acc + i * kBlockN + j, n), Vec::loadu(scale + n0 + j, n),
+                                 Vec::loadu(shift + n0 + j, n));
+          v = apply_act<A>(v);
+          if (r) v = at::vec::fmadd((n == V ? res_io.load(r + j) : res_io.load(r + j, n)) - Vec(res_zp),
+                                    Vec(res_scale), v);
+          n == V ? out.store(o + j, v) : out.store(o + j, v, n);
+        }
+      }
+    }
+    at::native::cpublas::brgemm_release(/*is_vnni=*/true);
+  });
+}
 #endif
 
 }  // namespace
@@ -82,19 +129,31 @@ bool pointwise_supported(at::ScalarType dtype) {
   return false;
 }
 
+bool pointwise_int8_supported() {
+#if defined(MNV3_HAS_BRGEMM) && defined(CPUBLAS_BRGEMM_U8I8I32)
+  return at::native::cpublas::could_pack(at::kChar);  // AMX-INT8 (VNNI without AMX stays on QCONV)
+#else
+  return false;
+#endif
+}
+
 Tensor pack_pointwise_weight(const Tensor& weight) {
   constexpr const char* op = "mnv3::pack_pointwise_weight";
   const bool shape_ok = weight.dim() == 2 || (weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1);
   TORCH_CHECK_VALUE(shape_ok, op, ": expected a 1x1 conv weight (N, K, 1, 1) or a matrix (N, K), got ",
                     shape_str(weight));
   TORCH_CHECK_VALUE(weight.device().is_cpu(), op, ": expected a CPU weight, got one on ", weight.device());
-  TORCH_CHECK_TYPE(pointwise_supported(weight.scalar_type()), op, ": this build and CPU run PWCONV in ",
+  const bool int8 = weight.scalar_type() == at::kChar;
+  TORCH_CHECK_TYPE(int8 ? pointwise_int8_supported() : pointwise_supported(weight.scalar_type()), op,
+                   ": this build and CPU run PWCONV in ",
                    pointwise_supported(at::kBFloat16) ? "float32 and bfloat16" : "float32",
                    pointwise_supported(at::kFloat) ? "" : " (not even that: torch lacks the brgemm micro-kernel)",
-                   ", got ", weight.scalar_type());
+                   pointwise_int8_supported() ? ", and QPWCONV in int8" : "", ", got ", weight.scalar_type());
   const int64_t N = weight.size(0), K = weight.size(1), blocks = (N + kBlockN - 1) / kBlockN;
-  const bool vnni = weight.scalar_type() == at::kBFloat16;
-  TORCH_CHECK_VALUE(!vnni || K % 2 == 0, op, ": a bfloat16 weight needs an even number of input channels, got ", K);
+  const bool vnni = weight.scalar_type() != at::kFloat;  // pairs of K (bf16) or fours (int8) interleaved
+  const int64_t group = int8 ? 4 : 2;
+  TORCH_CHECK_VALUE(!vnni || K % group == 0, op, ": a ", weight.scalar_type(), " weight needs a multiple of ", group,
+                    " input channels, got ", K);
   // (K, blocks * kBlockN), zero beyond N, then each block's (K, kBlockN) columns.
   Tensor padded = at::zeros({K, blocks * kBlockN}, weight.options());
   padded.narrow(1, 0, N).copy_(weight.reshape({N, K}).t());
@@ -102,8 +161,9 @@ Tensor pack_pointwise_weight(const Tensor& weight) {
   Tensor packed = at::empty({blocks, K, kBlockN}, weight.options());
 #ifdef MNV3_HAS_BRGEMM
   for (int64_t b = 0; b < blocks; ++b) {
-    at::native::cpublas::pack(K, kBlockN, blocks * kBlockN, kBlockN, at::kBFloat16, at::kBFloat16,
-                              padded.const_data_ptr<c10::BFloat16>() + b * kBlockN, packed[b].data_ptr());
+    at::native::cpublas::pack(K, kBlockN, blocks * kBlockN, kBlockN, weight.scalar_type(), weight.scalar_type(),
+                              static_cast<const char*>(padded.const_data_ptr()) + b * kBlockN * padded.element_size(),
+                              packed[b].data_ptr());
   }
 #endif
   return packed;
@@ -120,7 +180,7 @@ Tensor pointwise_conv_cpu(const Tensor& x, const Tensor& packed, const std::opti
                     kOp, ": expected a packed weight of shape (", (N + kBlockN - 1) / kBlockN, ", ", K, ", ", kBlockN,
                     ") for ", K, " input and ", N, " output channels, got ", shape_str(packed));
   std::vector<float> bias_store, zeros;
-  const float* bp;
+  [[maybe_unused]] const float* bp;  // (unused where torch has no brgemm)
   if (bias.has_value()) {
     TORCH_CHECK_VALUE(bias->numel() == N, kOp, ": expected a bias of ", N, " values, got ", shape_str(*bias));
     bp = acc_data<float>(*bias, bias_store);
@@ -136,7 +196,7 @@ Tensor pointwise_conv_cpu(const Tensor& x, const Tensor& packed, const std::opti
                       ", the conv's output ", shape_str(y));
     res = residual->contiguous(at::MemoryFormat::ChannelsLast);
   }
-  const int64_t M = xc.numel() / std::max<int64_t>(K, 1);
+  [[maybe_unused]] const int64_t M = xc.numel() / std::max<int64_t>(K, 1);
   if (y.numel() == 0) return y;
 #ifdef MNV3_HAS_BRGEMM
   AT_DISPATCH_SWITCH(x.scalar_type(), kOp, AT_DISPATCH_CASE(at::kFloat, [&] {
@@ -152,6 +212,56 @@ Tensor pointwise_conv_cpu(const Tensor& x, const Tensor& packed, const std::opti
                                               y.mutable_data_ptr<scalar_t>(), M, N, K);
     });
   }));
+#endif
+  return y;
+}
+
+Tensor pointwise_conv_int8_cpu(const Tensor& x, const Tensor& packed, const Tensor& params, int64_t act,
+                               const Tensor* residual, const double* qp) {
+  constexpr const char* op = "mnv3::run_cpu_program (QPWCONV)";
+  const int64_t K = x.size(1), N = params.size(1);
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kByte && packed.scalar_type() == at::kChar, op,
+                   ": expected a uint8 input and an int8 packed weight, got ", x.scalar_type(), " and ",
+                   packed.scalar_type());
+  TORCH_CHECK_VALUE(packed.dim() == 3 && packed.size(1) == K && packed.size(2) == kBlockN &&
+                        packed.size(0) == (N + kBlockN - 1) / kBlockN && packed.is_contiguous(),
+                    op, ": expected a packed weight of shape (", (N + kBlockN - 1) / kBlockN, ", ", K, ", ", kBlockN,
+                    ") for ", K, " input and ", N, " output channels, got ", shape_str(packed));
+  TORCH_CHECK_VALUE(params.scalar_type() == at::kFloat && params.dim() == 2 && params.size(0) == 2 &&
+                        params.is_contiguous(),
+                    op, ": expected float32 (scale, shift) rows of shape (2, N), got ", params.scalar_type(), " ",
+                    shape_str(params));
+  const bool float_out = qp[2] == 0;
+  const Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  Tensor y = at::empty({x.size(0), N, x.size(2), x.size(3)},
+                       xc.options().dtype(float_out ? at::kFloat : at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
+  Tensor res;
+  if (residual) {
+    TORCH_CHECK_VALUE(residual->sizes() == y.sizes() && residual->scalar_type() == at::kByte, op,
+                      ": the saved residual is ", residual->scalar_type(), " of shape ", shape_str(*residual),
+                      ", the conv's output ", shape_str(y), " (uint8 expected)");
+    res = residual->contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  if (y.numel() == 0) return y;
+#if defined(MNV3_HAS_BRGEMM) && defined(CPUBLAS_BRGEMM_U8I8I32)
+  TORCH_CHECK_TYPE(pointwise_int8_supported(), op, ": this CPU has no AMX-INT8 (the program needs QCONV here)");
+  const int64_t M = xc.numel() / std::max<int64_t>(K, 1);
+  const float* scale = params.const_data_ptr<float>();
+  const uint8_t* rp = residual ? res.const_data_ptr<uint8_t>() : nullptr;
+  const auto res_scale = static_cast<float>(qp[4]), res_zp = static_cast<float>(qp[5]);
+  dispatch_act(static_cast<Act>(act), [&](auto a) {
+    constexpr Act A = decltype(a)::value;
+    if (float_out) {
+      run_tiles_int8<A>(xc.const_data_ptr<uint8_t>(), packed.const_data_ptr<int8_t>(), scale, scale + N, rp,
+                        res_scale, res_zp, y.mutable_data_ptr<float>(), M, N, K, VecIO<float>());
+    } else {
+      run_tiles_int8<A>(xc.const_data_ptr<uint8_t>(), packed.const_data_ptr<int8_t>(), scale, scale + N, rp,
+                        res_scale, res_zp, y.mutable_data_ptr<uint8_t>(), M, N, K,
+                        U8IO{static_cast<float>(1.0 / qp[2]), static_cast<float>(qp[3])});
+    }
+  });
+#else
+  TORCH_CHECK_TYPE(false, op, ": this build has no int8 brgemm (the program needs QCONV here)");
 #endif
   return y;
 }

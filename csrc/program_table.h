@@ -11,7 +11,7 @@ namespace mnv3 {
 enum Opcode : int64_t {
   kSave, kConv, kDw, kSe, kAffine, kAct, kMark, kPool, kLinear, kStem,
   kQStem, kQConv, kQDw, kQSe, kQPool,  // the int8 program's
-  kPwConv,
+  kPwConv, kQPwConv,
   kNumOpcodes
 };
 
@@ -25,7 +25,7 @@ constexpr OpcodeInfo kOpcodes[kNumOpcodes] = {
     {"SAVE", 0, -1}, {"CONV", 6, 4}, {"DW", 6, 5},   {"SE", 4, -1},     {"AFFINE", 2, -1},
     {"ACT", 1, 0},   {"MARK", 1, -1}, {"POOL", 0, -1}, {"LINEAR", 4, 2}, {"STEM", 5, 4},
     {"QSTEM", 6, 4}, {"QCONV", 9, 6}, {"QDW", 7, 5},  {"QSE", 5, -1},    {"QPOOL", 1, -1},
-    {"PWCONV", 4, 2},
+    {"PWCONV", 4, 2}, {"QPWCONV", 5, 2},
 };
 
 // Activation codes (enum class Act in common.h follows this order).

@@ -11,6 +11,7 @@ from conftest import randn
 import mnv3_fast
 from mnv3_fast import reference
 from mnv3_fast.backends.cpu import int8
+from mnv3_fast.backends.cpu import program as cpu_program
 from mnv3_fast.ops import cpu_program as cp
 from mnv3_fast.ops import reference_ops
 from mnv3_fast.plan import ConvStep
@@ -132,6 +133,7 @@ def test_qconv_residual_never_writes_into_the_callers_input(run):
 _WITHOUT_VNNI = r"""
 import torch
 from mnv3_fast.backends.cpu import int8
+from mnv3_fast.backends.cpu import program as cpu_program
 from mnv3_fast.plan import ConvStep
 assert int8.WEIGHT_MAX == 63, int8.WEIGHT_MAX
 torch.manual_seed(0)
@@ -158,6 +160,58 @@ def test_int8_convs_are_exact_without_vnni():
     proc = subprocess.run([sys.executable, "-c", _WITHOUT_VNNI], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+needs_qpwconv = pytest.mark.skipif(torch.int8 not in cpu_program.POINTWISE_DTYPES,
+                                   reason="this torch or CPU has no AMX-INT8 brgemm (QPWCONV)")
+
+
+@needs_qpwconv
+@pytest.mark.parametrize("act", [0, 1, 2])
+@pytest.mark.parametrize("quantized_out", [True, False])
+@pytest.mark.parametrize("residual", [False, True])
+def test_qpwconv_against_float_arithmetic(residual, quantized_out, act, poison_outputs):
+    """QPWCONV (the brgemm micro-kernel on AMX-INT8) against the same arithmetic in float64 on the
+    dequantized codes; 40 output channels (a block of 32 and a partial one) over 11x11 maps (a partial tile)."""
+    Co = C if residual else 40
+    weight, bias = randn(Co, C, 1, 1, seed=9, scale=0.2), randn(Co, seed=10)
+    packed, params = int8.qpwconv_weights(ConvStep(weight, bias, 1, 0, cp.ACTS[act]), IN)
+    out_q = (0.08, 120) if quantized_out else (0.0, 0)
+    tensors = [*STEM, qp(*IN), packed, params, qp(*IN, *out_q, *(IN if residual else (0.0, 0))), qp(0.08, 120),
+               torch.eye(Co)]
+    tail = [cp.QPOOL, 6] if quantized_out else [cp.POOL]
+    program = [cp.QSTEM, 0, 1, 2, 1, 2, 2] + ([cp.SAVE] if residual else []) + [
+        cp.QPWCONV, 3, 4, act, int(residual), 5] + tail + [cp.LINEAR, 7, -1, 0, Co]
+    x = randn(N, 3, H, H, seed=0)
+    out, ref = run_both(program, tensors, x)
+    q_weight, w_scale = int8.quantize_weight(weight)
+    xq = (stem_codes(x) - IN[1]) * IN[0]
+    y = F.conv2d(xq, q_weight.double() * w_scale.double()[:, None, None, None], bias.double())
+    y = [lambda v: v, F.relu, F.hardswish][act](y)
+    y = y + xq if residual else y
+    if quantized_out:
+        y = (torch.clamp(torch.round(y / out_q[0]) + out_q[1], 0, 255) - out_q[1]) * out_q[0]
+    for o in (out, ref):
+        torch.testing.assert_close(o.double(), y.mean(dim=(2, 3)), rtol=0, atol=0.08 / 2)
+
+
+@needs_qpwconv
+def test_qpwconv_pack_round_trip_and_bad_inputs():
+    q = torch.randint(-127, 128, (72, 24, 1, 1), dtype=torch.int8)
+    packed = cpu_program._C.pack_pointwise(q)
+    assert packed.shape == (3, 24, 32) and torch.equal(cp.unpack_pointwise(packed, 72), q[:, :, 0, 0])
+    with pytest.raises(ValueError, match="a torch.int8 weight needs a multiple of 4 input channels, got 6|"
+                                         "weight needs a multiple of 4 input channels, got 6"):
+        cpu_program._C.pack_pointwise(q[:, :6])
+    packed, params = int8.qpwconv_weights(ConvStep(randn(C, C, 1, 1), randn(C), 1, 0, "none"), IN)
+    tensors = [*STEM, qp(*IN), packed, params, qp(*IN, 0.08, 120, 0.0, 0), qp(0.08, 120), torch.eye(C)]
+    program = [cp.QSTEM, 0, 1, 2, 1, 2, 2, cp.QPWCONV, 3, 4, 0, 0, 5, cp.QPOOL, 6, cp.LINEAR, 7, -1, 0, C]
+    x = randn(N, 3, H, H, seed=0)
+    for run in (cp.run_cpu_program, cp.run_cpu_program_reference):
+        with pytest.raises(ValueError, match=r"QPWCONV at position 7 needs a packed weight \(blocks, K, 32\) and "):
+            run(x, tensors[:4] + [params[0]] + tensors[5:], program)
+    with pytest.raises(ValueError, match=r"expected a packed weight of shape \(1, 24, 32\) for 24 input and 24"):
+        cp.run_cpu_program(x, tensors[:3] + [packed[:, :16].contiguous()] + tensors[4:], program)
 
 
 @pytest.mark.parametrize("run", [cp.run_cpu_program, cp.run_cpu_program_reference], ids=["op", "interpreter"])
@@ -232,6 +286,7 @@ def test_quantize_errors(small):
 
 
 def test_int8_program_interpreter_agrees_with_the_op(small):
+    """(At batch 2 the 1x1 convs are QPWCONV where the CPU has AMX-INT8; see the next test for QCONV.)"""
     """The whole int8 program: C++ op and Python interpreter within rounding (codes may differ by one
     where float32 sums differ in their last bit, and a network amplifies that a little)."""
     q = mnv3_fast.quantize(small, batches())
@@ -240,6 +295,30 @@ def test_int8_program_interpreter_agrees_with_the_op(small):
     out, ref = cp.run_cpu_program(x, program.tensors, program.program), cp.run_cpu_program_reference(
         x, program.tensors, program.program)
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 0.05
+
+
+def test_int8_program_1x1_convs_by_batch(small, monkeypatch):
+    """QPWCONV up to QPWCONV_MAX_BATCH images where the CPU has it, QCONV (oneDNN's int8 conv) otherwise; both
+    give the interpreter's logits, and the same logits as each other within int8 rounding."""
+    q = mnv3_fast.quantize(small, batches())
+    available = torch.int8 in cpu_program.POINTWISE_DTYPES
+    x = randn(int8.QPWCONV_MAX_BATCH + 1, 3, 48, 48, seed=5)
+    programs = {"small batch": q._program((2, 3, 48, 48), torch.get_num_threads()),
+                "large batch": q._program(tuple(x.shape), torch.get_num_threads())}
+    monkeypatch.setattr(cpu_program, "POINTWISE_DTYPES", ())
+    programs["no QPWCONV"] = mnv3_fast.quantize(small, batches())._program((2, 3, 48, 48), torch.get_num_threads())
+    for name, p in programs.items():
+        ops_used = {op for op, _ in cp.decode(p.program, p.tensors)}
+        uses_q = name == "small batch" and available
+        assert (cp.QPWCONV in ops_used) == uses_q and (cp.QCONV in ops_used) == (not uses_q), name
+    outs = {}
+    for name, p in programs.items():
+        xb = x[:2] if p is not programs["large batch"] else x
+        out, ref = cp.run_cpu_program(xb, p.tensors, p.program), cp.run_cpu_program_reference(xb, p.tensors, p.program)
+        assert ((out - ref).abs().max() / ref.abs().max()).item() < 0.05, name
+        outs[name] = out[:2]
+    for name in ("large batch", "no QPWCONV"):
+        assert ((outs[name] - outs["small batch"]).abs().max() / outs["small batch"].abs().max()).item() < 0.1, name
 
 
 # ---------------------------------------------------------------- accuracy on a trained network

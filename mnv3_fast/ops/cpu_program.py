@@ -53,6 +53,12 @@ float64 tensor of such values:
                                            qp = [in s, zp, out s, zp], out s = 0: float32 out
     QSE    w1 b1 w2 b2 qp                  SE on a float32 input, uint8 out, qp = [out s, zp]
     QPOOL  qp                              a uint8 map's float32 means, qp = [in s, zp]
+    QPWCONV weight params act res qp       a 1x1 conv, stride 1, on the brgemm micro-kernel
+                                           (AMX-INT8): uint8 in, int8 weights packed by
+                                           _C.pack_pointwise, params = float32 rows (scale,
+                                           shift) of shape (2, N): y = acc * scale + shift
+                                           (the input's scale and zero point folded in), then
+                                           act, res=1 adds the saved uint8 value; qp as QCONV's
 
 Inference only: no autograd (the weights are packed copies).
 """
@@ -100,25 +106,28 @@ OPCODES = (
     Opcode("QSE", 5, -1, (0, 1, 2, 3, 4)),
     Opcode("QPOOL", 1, -1, (0,)),
     Opcode("PWCONV", 4, 2, (0, 1)),
+    Opcode("QPWCONV", 5, 2, (0, 1, 4)),
 )
-SAVE, CONV, DW, SE, AFFINE, ACT, MARK, POOL, LINEAR, STEM, QSTEM, QCONV, QDW, QSE, QPOOL, PWCONV = range(len(OPCODES))
+(SAVE, CONV, DW, SE, AFFINE, ACT, MARK, POOL, LINEAR, STEM, QSTEM, QCONV, QDW, QSE, QPOOL, PWCONV,
+ QPWCONV) = range(len(OPCODES))
 # For each int8 opcode: which argument is its qparams tensor, and how many values it holds.
-QPARAMS = {QSTEM: (5, 2), QCONV: (8, 6), QDW: (6, 4), QSE: (4, 2), QPOOL: (0, 2)}
+QPARAMS = {QSTEM: (5, 2), QCONV: (8, 6), QDW: (6, 4), QSE: (4, 2), QPOOL: (0, 2), QPWCONV: (4, 6)}
 ACTS = ACTIVATIONS  # an activation code is the index of its name
 # oneDNN's ReLU post-op turns NaN into 0 (hiding a bad input); its hard-swish
 # keeps NaN.  So ReLU runs after the conv, in place.
 ONEDNN_ATTR = ("none", "none", "hardswish")
 _ON_POOLED = (ACT, LINEAR)  # the instructions that take the pooled (N, C) value
-_RESIDUAL_ARG = {CONV: 5, QCONV: 7, PWCONV: 3}
+_RESIDUAL_ARG = {CONV: 5, QCONV: 7, PWCONV: 3, QPWCONV: 3}
 
 
 def unpack_pointwise(packed: torch.Tensor, out_channels: int) -> torch.Tensor:
     """The (N, K) matrix of a PWCONV weight.  mnv3_fast._C.pack_pointwise stores blocks of 32 output
-    channels, (blocks, K, 32), zero past N; bfloat16 in VNNI order: pairs of K interleaved,
-    (blocks, K / 2, 32, 2), as the AMX micro-kernel reads them."""
+    channels, (blocks, K, 32), zero past N; bfloat16 and int8 in VNNI order: pairs (fours for int8) of K
+    interleaved, (blocks, K / 2, 32, 2), as the AMX micro-kernel reads them."""
     blocks, k, width = packed.shape
-    if packed.dtype == torch.bfloat16:
-        packed = packed.view(blocks, k // 2, width, 2).transpose(2, 3).reshape(blocks, k, width)
+    if packed.dtype in (torch.bfloat16, torch.int8):  # K in groups of 2 (bf16) or 4 (int8)
+        g = 2 if packed.dtype == torch.bfloat16 else 4
+        packed = packed.view(blocks, k // g, width, g).transpose(2, 3).reshape(blocks, k, width)
     return packed.permute(1, 0, 2).reshape(k, blocks * width)[:, :out_channels].t()
 
 
@@ -162,6 +171,10 @@ def decode(program: list, tensors: list) -> list:
         if op == PWCONV and (tensors[args[0]].dim() != 3 or tensors[args[1]].dim() != 1):
             raise ValueError(f"{OP}: PWCONV at position {i} needs a packed weight (blocks, K, 32) and a bias (N), "
                              f"got shapes {list(tensors[args[0]].shape)} and {list(tensors[args[1]].shape)}")
+        if op == QPWCONV and (tensors[args[0]].dim() != 3 or tensors[args[1]].dim() != 2):
+            raise ValueError(f"{OP}: QPWCONV at position {i} needs a packed weight (blocks, K, 32) and (scale, "
+                             f"shift) rows (2, N), got shapes {list(tensors[args[0]].shape)} and "
+                             f"{list(tensors[args[1]].shape)}")
         if op == LINEAR and (tensors[args[0]].dim() != 2 or tensors[args[0]].shape[0] != args[3]):
             raise ValueError(f"{OP}: LINEAR at position {i} declares {args[3]} output features, "
                              f"but its weight has shape {list(tensors[args[0]].shape)}")
@@ -247,6 +260,16 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
                 saved = saved.clone()  # (it receives the output: never the caller's input or the conv's own)
             x = qconv(x, tensors[weight], tensors[w_scale], tensors[w_zp], tensor(bias), stride, pad, act,
                       tensors[qp].tolist(), saved if residual else None)
+        elif op == QPWCONV:  # in float32, as the kernel does
+            weight, params, act, residual, qp = a
+            _, _, out_s, out_zp, res_s, res_zp = tensors[qp].tolist()
+            scale, shift = tensors[params].float()
+            w = unpack_pointwise(tensors[weight], scale.shape[0]).float()
+            y = F.conv2d(x.float(), w[:, :, None, None]) * scale[:, None, None] + shift[:, None, None]
+            y = activation(y, ACTS[act])
+            if residual:
+                y = y + dequantize(saved, res_s, res_zp)
+            x = quantize(y, out_s, out_zp) if out_s else y.contiguous(memory_format=torch.channels_last)
         elif op == QDW:
             weight, bias, stride, pad, dilation, act, qp = a
             in_s, in_zp, out_s, out_zp = tensors[qp].tolist()

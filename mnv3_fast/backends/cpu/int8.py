@@ -36,6 +36,7 @@ from ...ops import cpu_program as isa
 from ...ops._library import cpu_has
 from ...ops.activations import activation
 from ...plan import Plan
+from . import program
 from .program import CpuProgram, ProgramWriter, conv_shapes, pack_linear
 
 
@@ -186,6 +187,33 @@ def int8_conv(step, in_qparams: tuple[float, int], in_shape: Optional[list] = No
                     step.act)
 
 
+#: QPWCONV for batches of at most this many images; oneDNN's int8 convolution (QCONV) above.  Measured
+#: on a 2-vCPU Xeon (AMX), 2 threads, against QCONV: Large 20-25% and Small 33% faster at batch 1 (ATen's
+#: per-call qconv wrapper is gone), about even at 4 and 8, but 7-12% slower at batch 32 (Large), even
+#: with only its convs over at most 32K pixels on QPWCONV: there oneDNN's own int8 kernels win.
+QPWCONV_MAX_BATCH = 8
+
+
+def pointwise_int8(step, in_shape: list) -> bool:
+    """Whether a conv runs as QPWCONV (oneDNN's brgemm micro-kernel on AMX-INT8, without ATen's per-call
+    qconv wrapper): 1x1, stride 1, input channels a multiple of 4 (VNNI's groups), a batch of at most
+    QPWCONV_MAX_BATCH, on a CPU and build that have it (see program.POINTWISE_DTYPES)."""
+    w = step.weight
+    return (torch.int8 in program.POINTWISE_DTYPES and w.shape[2:] == (1, 1) and step.stride == 1
+            and step.padding == 0 and w.shape[1] % 4 == 0 and in_shape[0] <= QPWCONV_MAX_BATCH)
+
+
+def qpwconv_weights(step, in_qparams: tuple[float, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """QPWCONV's packed int8 weight and its float32 (scale, shift) rows: with x = s (q - zp) and
+    w = q_w * w_scale, conv(x) + b = acc * (s w_scale) + (b - s w_scale zp sum(q_w)), acc = sum(q q_w)."""
+    q, w_scale = quantize_weight(step.weight)
+    s, zp = in_qparams
+    scale = s * w_scale.double()
+    bias = step.bias.detach().double() if step.bias is not None else torch.zeros_like(scale)
+    shift = bias - scale * zp * q.flatten(1).sum(1).double()
+    return program._C.pack_pointwise(q), torch.stack([scale, shift]).float().contiguous()
+
+
 def qparams_tensor(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
@@ -200,8 +228,12 @@ def encode_int8_program(plan: Plan, ranges: Ranges, shape: list) -> CpuProgram:
     batch = shape[0]
 
     def qconv(step, q_in, q_out, q_res=None):
-        c = int8_conv(step, q_in, input_shape[id(step)])
         qp = qparams_tensor(*q_in, *q_out, *(q_res or (0.0, 0)))
+        if pointwise_int8(step, input_shape[id(step)]):
+            weight, params = qpwconv_weights(step, q_in)
+            w.emit(isa.QPWCONV, tensor(weight), tensor(params), act(step.act), int(q_res is not None), tensor(qp))
+            return
+        c = int8_conv(step, q_in, input_shape[id(step)])
         w.emit(isa.QCONV, tensor(c.weight), tensor(c.scale), tensor(c.zero_point), tensor(c.bias), c.stride,
                c.padding, act(c.act), int(q_res is not None), tensor(qp))
 
