@@ -46,16 +46,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=DEFAULT_OUT)
     p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=250, help="images per call (mnv3_fast's int8 program differs "
+                   "by batch size: its 1x1 convs run QPWCONV up to 8 images on AMX, oneDNN's int8 conv above)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     models = TrainedModels(args.checkpoint)
     images, labels = synthetic_shapes(args.images, SIZE, seed=TEST_SEED)
-    batches = images.split(250)
+    batches = images.split(args.batch)
     with torch.inference_mode():
         fp32 = torch.cat([models.reference(b) for b in batches]).argmax(1)
     env = environment("cpu")
     lines = [f"# Precision: top-1 on a trained MobileNetV3-Small 0.75 ({env['cpu']})", "",
-             f"{env['date']}; torch {env['torch']}; {args.images} held-out synthetic-shape images at {SIZE}x{SIZE}; "
+             f"{env['date']}; torch {env['torch']}; {args.images} held-out synthetic-shape images at {SIZE}x{SIZE}, {args.batch} per call; "
              f"checkpoint `{os.path.relpath(args.checkpoint, os.path.dirname(HERE))}`.", "",
              f"Command: `{env['command']}`", "",
              "| engine | precision | top-1 accuracy | top-1 agreement with fp32 eager |", "|---|---|---|---|"]
