@@ -101,6 +101,18 @@ Tensor activate(const Tensor& x, int64_t act) {
   }
 }
 
+// Which argument of an instruction says "add the saved value" (-1: none), as _RESIDUAL_ARG in
+// mnv3_fast/ops/cpu_program.py.
+int64_t residual_arg(int64_t op) {
+  switch (op) {
+    case kConv: return 5;
+    case kQConv: return 7;
+    case kPwConv:
+    case kQPwConv: return 3;
+    default: return -1;
+  }
+}
+
 // Checks the whole program before any of it runs (the same checks, with the
 // same messages, as `decode` in mnv3_fast/ops/cpu_program.py); returns the
 // logits' width.
@@ -142,25 +154,18 @@ int64_t validate(at::TensorList tensors, at::IntArrayRef program) {
     switch (op) {
       case kConv:
         check_tensor(0, false), check_tensor(1, true);
-        TORCH_CHECK_VALUE(!a[5] || saved_any, kOp, ": CONV at position ", i,
-                          " adds a residual, but no SAVE comes before it");
         break;
-      case kPwConv:  // weight bias act residual
+      case kPwConv:   // weight bias act residual
+      case kQPwConv: {  // weight params act residual qparams
+        const bool int8 = op == kQPwConv;
         check_tensor(0, false), check_tensor(1, false);
-        TORCH_CHECK_VALUE(tensors[a[0]].dim() == 3 && tensors[a[1]].dim() == 1, kOp, ": PWCONV at position ", i,
-                          " needs a packed weight (blocks, K, 32) and a bias (N), got shapes ",
+        if (int8) check_qparams(4, 6);
+        TORCH_CHECK_VALUE(tensors[a[0]].dim() == 3 && tensors[a[1]].dim() == (int8 ? 2 : 1), kOp, ": ", info.name,
+                          " at position ", i, " needs a packed weight (blocks, K, 32) and ",
+                          int8 ? "(scale, shift) rows (2, N)" : "a bias (N)", ", got shapes ",
                           shape_str(tensors[a[0]]), " and ", shape_str(tensors[a[1]]));
-        TORCH_CHECK_VALUE(!a[3] || saved_any, kOp, ": PWCONV at position ", i,
-                          " adds a residual, but no SAVE comes before it");
         break;
-      case kQPwConv:  // weight params act residual qparams
-        check_tensor(0, false), check_tensor(1, false), check_qparams(4, 6);
-        TORCH_CHECK_VALUE(tensors[a[0]].dim() == 3 && tensors[a[1]].dim() == 2, kOp, ": QPWCONV at position ", i,
-                          " needs a packed weight (blocks, K, 32) and (scale, shift) rows (2, N), got shapes ",
-                          shape_str(tensors[a[0]]), " and ", shape_str(tensors[a[1]]));
-        TORCH_CHECK_VALUE(!a[3] || saved_any, kOp, ": QPWCONV at position ", i,
-                          " adds a residual, but no SAVE comes before it");
-        break;
+      }
       case kSave: saved_any = true; break;
       case kDw:
       case kStem: check_tensor(0, false), check_tensor(1, true); break;
@@ -168,8 +173,6 @@ int64_t validate(at::TensorList tensors, at::IntArrayRef program) {
       case kQConv:
         check_tensor(0, false), check_tensor(1, false), check_tensor(2, false), check_tensor(3, true);
         check_qparams(8, 6);
-        TORCH_CHECK_VALUE(!a[7] || saved_any, kOp, ": QCONV at position ", i,
-                          " adds a residual, but no SAVE comes before it");
         break;
       case kQDw: check_tensor(0, false), check_tensor(1, true), check_qparams(6, 4); break;
       case kQSe:
@@ -192,6 +195,9 @@ int64_t validate(at::TensorList tensors, at::IntArrayRef program) {
         break;
       default: break;
     }
+    const int64_t res = residual_arg(op);
+    TORCH_CHECK_VALUE(res < 0 || !a[res] || saved_any, kOp, ": ", info.name, " at position ", i,
+                      " adds a residual, but no SAVE comes before it");
     last = op;
     i += 1 + info.num_args;
   }
@@ -226,7 +232,7 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
         break;
       }
       case kPwConv: {  // weight bias act residual; the bias (not optional) gives the output channels
-        x = pointwise_conv_cpu(x, tensors[a[0]], tensors[a[1]], tensors[a[1]].numel(), a[2], a[3] ? &saved : nullptr);
+        x = pointwise_conv_cpu(x, tensors[a[0]], tensors[a[1]], a[2], a[3] ? &saved : nullptr);
         break;
       }
       case kQPwConv:  // weight params act residual qparams

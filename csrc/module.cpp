@@ -252,16 +252,13 @@ PyObject* pack_pointwise(PyObject*, PyObject* arg) {
 
 // The dtypes whose 1x1 convs the CPU program runs as PWCONV (int8: QPWCONV) on this build and CPU.
 PyObject* pointwise_dtypes() {
+  const std::pair<bool, const char*> dtypes[] = {{mnv3::pointwise_supported(at::kFloat), "float32"},
+                                                  {mnv3::pointwise_supported(at::kBFloat16), "bfloat16"},
+                                                  {mnv3::pointwise_int8_supported(), "int8"}};
   PyObject* names = PyList_New(0);
-  for (const auto& [dtype, name] : {std::pair{at::kFloat, "float32"}, std::pair{at::kBFloat16, "bfloat16"}}) {
-    if (mnv3::pointwise_supported(dtype)) {
-      PyObject* s = PyUnicode_FromString(name);
-      PyList_Append(names, s);
-      Py_DECREF(s);
-    }
-  }
-  if (mnv3::pointwise_int8_supported()) {  // (the int8 program's QPWCONV)
-    PyObject* s = PyUnicode_FromString("int8");
+  for (const auto& [supported, name] : dtypes) {
+    if (!supported) continue;
+    PyObject* s = PyUnicode_FromString(name);
     PyList_Append(names, s);
     Py_DECREF(s);
   }

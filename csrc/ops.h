@@ -46,9 +46,10 @@ bool pointwise_supported(at::ScalarType dtype);
 at::Tensor pack_pointwise_weight(const at::Tensor& weight);
 // Whether this build and CPU run the int8 program's 1x1 convs as QPWCONV (AMX-INT8).
 bool pointwise_int8_supported();
-// act(conv1x1(x) + bias) (+ residual), x channels_last in float32 or bfloat16; act: an activation code.
-at::Tensor pointwise_conv_cpu(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
-                              int64_t out_channels, int64_t act, const at::Tensor* residual);
+// act(conv1x1(x) + bias) (+ residual), x channels_last in float32 or bfloat16; the bias (N) gives the output
+// channels; act: an activation code.
+at::Tensor pointwise_conv_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias, int64_t act,
+                              const at::Tensor* residual);
 // The int8 1x1 conv: uint8 x, the weight from pack_pointwise_weight(int8), params (2, N) float32: y = acc *
 // params[0] + params[1]; then act, + the dequantized uint8 residual; qp = [in s, zp, out s, zp, res s, zp],
 // out s = 0 for a float32 output.

@@ -28,63 +28,63 @@ constexpr int64_t kBlockM = 64;  // output pixels per tile: the fp32 tile (8 KB)
 #define MNV3_HAS_BRGEMM 1
 #endif
 
-// y[m, n0:n0+nv] = act(acc + bias) (+ residual), for one tile of acc (rows x kBlockN, fp32).
-template <Act A, typename T>
-void epilogue(const float* acc, int64_t rows, int64_t nv, const float* bias, T* y, const T* res, int64_t ld) {
-  using IO = VecIO<T>;
-  using Vec = typename IO::Vec;
-  constexpr int64_t V = IO::kSize;
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* a = acc + i * kBlockN;
-    T* out = y + i * ld;
-    const T* r = res ? res + i * ld : nullptr;
-    for (int64_t j = 0; j < nv; j += V) {
-      const int64_t n = std::min(V, nv - j);
-      Vec v = apply_act<A>(Vec::loadu(a + j) + Vec::loadu(bias + j, n));
-      if (r) v = v + (n == V ? IO::load(r + j) : IO::load(r + j, n));
-      n == V ? IO::store(out + j, v) : IO::store(out + j, v, n);
-    }
-  }
-}
-
 #ifdef MNV3_HAS_BRGEMM
-template <typename T>
-void brgemm_tile(int64_t rows, int64_t K, const T* a, const T* b, float* acc) {
-  constexpr bool vnni = !std::is_same_v<T, float>;  // bf16: AMX, the weight in VNNI order
-  at::native::cpublas::brgemm(rows, kBlockN, K, K, kBlockN, kBlockN, false, a, b, acc, vnni);
-}
-
-template <typename T, Act A>
-void run_tiles(const T* x, const T* w, const float* bias, const T* res, T* y, int64_t M, int64_t N, int64_t K) {
+// The tile loop every PWCONV and QPWCONV runs: one brgemm call per (kBlockM x kBlockN) output tile into
+// `acc` (fp32, or int32 for int8), then `epilogue(acc, m0, n0, rows, nv)` stores it while it is in L1.
+// Tiles go row-major: consecutive tiles share their rows of x (in L1), every tile reads all of w (in L2).
+// vnni: the weight in VNNI order, i.e. AMX, whose tile state each thread releases afterwards.
+template <typename Acc, typename X, typename W, typename Epilogue>
+void for_each_tile(const X* x, const W* w, int64_t M, int64_t N, int64_t K, bool vnni, const Epilogue& epilogue) {
   const int64_t m_tiles = (M + kBlockM - 1) / kBlockM, n_tiles = (N + kBlockN - 1) / kBlockN;
-  // Tiles row-major: consecutive tiles share their rows of x (in L1), every tile reads all of w (in L2).
   at::parallel_for(0, m_tiles * n_tiles, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) float acc[kBlockM * kBlockN];
+    alignas(64) Acc acc[kBlockM * kBlockN];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t m0 = t / n_tiles * kBlockM, n0 = t % n_tiles * kBlockN;
       const int64_t rows = std::min(kBlockM, M - m0);
-      brgemm_tile<T>(rows, K, x + m0 * K, w + n0 * K, acc);
-      epilogue<A>(acc, rows, std::min(kBlockN, N - n0), bias + n0, y + m0 * N + n0, res ? res + m0 * N + n0 : nullptr,
-                  N);
+      at::native::cpublas::brgemm(rows, kBlockN, K, K, kBlockN, kBlockN, false, x + m0 * K, w + n0 * K, acc, vnni);
+      epilogue(acc, m0, n0, rows, std::min(kBlockN, N - n0));
     }
-    if constexpr (!std::is_same_v<T, float>) at::native::cpublas::brgemm_release(/*is_vnni=*/true);  // AMX tiles
+    if (vnni) at::native::cpublas::brgemm_release(/*is_vnni=*/true);
   });
 }
 
-// int8: x uint8 codes, the weight int8 in VNNI-4 order, int32 tiles.  The epilogue dequantizes with
-// y = acc * scale[n] + shift[n] (the input's scale and zero point folded in at packing), applies the
-// activation, adds the dequantized residual, and stores through `out` (uint8 codes, or float32).
+// float32 / bfloat16: y = act(acc + bias) (+ residual).
+template <typename T, Act A>
+void run_tiles(const T* x, const T* w, const float* bias, const T* res, T* y, int64_t M, int64_t N, int64_t K) {
+  using IO = VecIO<T>;
+  using Vec = typename IO::Vec;
+  constexpr int64_t V = IO::kSize;
+  constexpr bool vnni = !std::is_same_v<T, float>;  // bf16: AMX, the weight in VNNI order
+  for_each_tile<float>(x, w, M, N, K, vnni, [&](const float* acc, int64_t m0, int64_t n0, int64_t rows, int64_t nv) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* a = acc + i * kBlockN;
+      T* out = y + (m0 + i) * N + n0;
+      const T* r = res ? res + (m0 + i) * N + n0 : nullptr;
+      for (int64_t j = 0; j < nv; j += V) {
+        const int64_t n = std::min(V, nv - j);
+        Vec v = apply_act<A>(Vec::loadu(a + j) + Vec::loadu(bias + n0 + j, n));
+        if (r) v = v + (n == V ? IO::load(r + j) : IO::load(r + j, n));
+        n == V ? IO::store(out + j, v) : IO::store(out + j, v, n);
+      }
+    }
+  });
+}
+
+// int32 lanes as fp32, the first n of them.
 inline at::vec::Vectorized<float> int32_as_float(const int32_t* p, int64_t n) {
-  using Vec = at::vec::Vectorized<float>;
 #if defined(CPU_CAPABILITY_AVX512)
   return _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << n) - 1), p));
 #else
+  using Vec = at::vec::Vectorized<float>;
   float tmp[Vec::size()] = {};
   for (int64_t i = 0; i < n; ++i) tmp[i] = static_cast<float>(p[i]);
   return Vec::loadu(tmp);
 #endif
 }
 
+// int8: x uint8 codes, the weight int8 in VNNI-4 order, int32 tiles.  The epilogue dequantizes with
+// y = acc * scale[n] + shift[n] (the input's scale and zero point folded in at packing), applies the
+// activation, adds the dequantized residual, and stores through `out` (uint8 codes, or float32).
 template <Act A, typename Out>
 void run_tiles_int8(const uint8_t* x, const int8_t* w, const float* scale, const float* shift, const uint8_t* res,
                     float res_scale, float res_zp, typename Out::scalar_t* y, int64_t M, int64_t N, int64_t K,
@@ -92,32 +92,45 @@ void run_tiles_int8(const uint8_t* x, const int8_t* w, const float* scale, const
   using Vec = at::vec::Vectorized<float>;
   constexpr int64_t V = Vec::size();
   const U8IO res_io;
-  const int64_t m_tiles = (M + kBlockM - 1) / kBlockM, n_tiles = (N + kBlockN - 1) / kBlockN;
-  at::parallel_for(0, m_tiles * n_tiles, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) int32_t acc[kBlockM * kBlockN];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t m0 = t / n_tiles * kBlockM, n0 = t % n_tiles * kBlockN;
-      const int64_t rows = std::min(kBlockM, M - m0), nv = std::min(kBlockN, N - n0);
-      at::native::cpublas::brgemm(rows, kBlockN, K, K, kBlockN, kBlockN, false, x + m0 * K, w + n0 * K, acc,
-                                  /*is_vnni=*/true);
-      for (int64_t i = 0; i < rows; ++i) {
-        typename Out::scalar_t* o = y + (m0 + i) * N + n0;
-        const uint8_t* r = res ? res + (m0 + i) * N + n0 : nullptr;
-        for (int64_t j = 0; j < nv; j += V) {
-          const int64_t n = std::min(V, nv - j);
-          Vec v = at::vec::fmadd(int32_as_float(acc + i * kBlockN + j, n), Vec::loadu(scale + n0 + j, n),
-                                 Vec::loadu(shift + n0 + j, n));
-          v = apply_act<A>(v);
-          if (r) v = at::vec::fmadd((n == V ? res_io.load(r + j) : res_io.load(r + j, n)) - Vec(res_zp),
-                                    Vec(res_scale), v);
-          n == V ? out.store(o + j, v) : out.store(o + j, v, n);
-        }
+  for_each_tile<int32_t>(x, w, M, N, K, true, [&](const int32_t* acc, int64_t m0, int64_t n0, int64_t rows,
+                                                 int64_t nv) {
+    for (int64_t i = 0; i < rows; ++i) {
+      typename Out::scalar_t* o = y + (m0 + i) * N + n0;
+      const uint8_t* r = res ? res + (m0 + i) * N + n0 : nullptr;
+      for (int64_t j = 0; j < nv; j += V) {
+        const int64_t n = std::min(V, nv - j);
+        Vec v = at::vec::fmadd(int32_as_float(acc + i * kBlockN + j, n), Vec::loadu(scale + n0 + j, n),
+                               Vec::loadu(shift + n0 + j, n));
+        v = apply_act<A>(v);
+        if (r) v = at::vec::fmadd((n == V ? res_io.load(r + j) : res_io.load(r + j, n)) - Vec(res_zp),
+                                  Vec(res_scale), v);
+        n == V ? out.store(o + j, v) : out.store(o + j, v, n);
       }
     }
-    at::native::cpublas::brgemm_release(/*is_vnni=*/true);
   });
 }
 #endif
+
+// The checks both convs make of the packed weight, for K input and N output channels.
+void check_packed(const char* op, const Tensor& packed, int64_t K, int64_t N) {
+  const int64_t blocks = (N + kBlockN - 1) / kBlockN;
+  TORCH_CHECK_VALUE(packed.dim() == 3 && packed.size(1) == K && packed.size(2) == kBlockN &&
+                        packed.size(0) == blocks && packed.is_contiguous(),
+                    op, ": expected a packed weight of shape (", blocks, ", ", K, ", ", kBlockN, ") for ", K,
+                    " input and ", N, " output channels, got ", shape_str(packed));
+}
+
+// x's output map (N, C, H, W with `channels`), channels_last, and the residual checked against it.
+std::pair<Tensor, Tensor> output_and_residual(const char* op, const Tensor& x, int64_t channels,
+                                              at::ScalarType dtype, const Tensor* residual) {
+  Tensor y = at::empty({x.size(0), channels, x.size(2), x.size(3)},
+                       x.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  if (!residual) return {y, Tensor()};
+  TORCH_CHECK_VALUE(residual->sizes() == y.sizes() && residual->scalar_type() == x.scalar_type(), op,
+                    ": the saved residual is ", residual->scalar_type(), " of shape ", shape_str(*residual),
+                    ", the conv's output ", shape_str(y), " (", x.scalar_type(), " expected)");
+  return {y, residual->contiguous(at::MemoryFormat::ChannelsLast)};
+}
 
 }  // namespace
 
@@ -169,49 +182,29 @@ Tensor pack_pointwise_weight(const Tensor& weight) {
   return packed;
 }
 
-Tensor pointwise_conv_cpu(const Tensor& x, const Tensor& packed, const std::optional<Tensor>& bias,
-                          int64_t out_channels, int64_t act, const Tensor* residual) {
-  const int64_t K = x.size(1), N = out_channels;
+Tensor pointwise_conv_cpu(const Tensor& x, const Tensor& packed, const Tensor& bias, int64_t act,
+                          const Tensor* residual) {
+  const int64_t K = x.size(1), N = bias.numel();
   TORCH_CHECK_TYPE(pointwise_supported(x.scalar_type()) && packed.scalar_type() == x.scalar_type(), kOp,
                    ": expected x and the packed weight in one dtype this CPU runs PWCONV in, got x ", x.scalar_type(),
                    " and the weight ", packed.scalar_type());
-  TORCH_CHECK_VALUE(packed.dim() == 3 && packed.size(1) == K && packed.size(2) == kBlockN &&
-                        packed.size(0) == (N + kBlockN - 1) / kBlockN && packed.is_contiguous(),
-                    kOp, ": expected a packed weight of shape (", (N + kBlockN - 1) / kBlockN, ", ", K, ", ", kBlockN,
-                    ") for ", K, " input and ", N, " output channels, got ", shape_str(packed));
-  std::vector<float> bias_store, zeros;
-  [[maybe_unused]] const float* bp;  // (unused where torch has no brgemm)
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->numel() == N, kOp, ": expected a bias of ", N, " values, got ", shape_str(*bias));
-    bp = acc_data<float>(*bias, bias_store);
-  } else {
-    zeros.assign(N, 0.f);
-    bp = zeros.data();
-  }
+  check_packed(kOp, packed, K, N);
+  std::vector<float> bias_store;
+  [[maybe_unused]] const float* bp = acc_data<float>(bias, bias_store);  // (unused where torch has no brgemm)
   const Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  Tensor y = at::empty({x.size(0), N, x.size(2), x.size(3)}, xc.options().memory_format(at::MemoryFormat::ChannelsLast));
-  Tensor res;
-  if (residual) {
-    TORCH_CHECK_VALUE(residual->sizes() == y.sizes(), kOp, ": the saved residual has shape ", shape_str(*residual),
-                      ", the conv's output ", shape_str(y));
-    res = residual->contiguous(at::MemoryFormat::ChannelsLast);
-  }
-  [[maybe_unused]] const int64_t M = xc.numel() / std::max<int64_t>(K, 1);
+  const auto [y, res] = output_and_residual(kOp, xc, N, x.scalar_type(), residual);
   if (y.numel() == 0) return y;
 #ifdef MNV3_HAS_BRGEMM
-  AT_DISPATCH_SWITCH(x.scalar_type(), kOp, AT_DISPATCH_CASE(at::kFloat, [&] {
+  const int64_t M = xc.numel() / std::max<int64_t>(K, 1);
+  auto launch = [&](auto zero) {
+    using scalar_t = decltype(zero);
     dispatch_act(static_cast<Act>(act), [&](auto a) {
       run_tiles<scalar_t, decltype(a)::value>(xc.const_data_ptr<scalar_t>(), packed.const_data_ptr<scalar_t>(), bp,
                                               residual ? res.const_data_ptr<scalar_t>() : nullptr,
                                               y.mutable_data_ptr<scalar_t>(), M, N, K);
     });
-  }) AT_DISPATCH_CASE(at::kBFloat16, [&] {
-    dispatch_act(static_cast<Act>(act), [&](auto a) {
-      run_tiles<scalar_t, decltype(a)::value>(xc.const_data_ptr<scalar_t>(), packed.const_data_ptr<scalar_t>(), bp,
-                                              residual ? res.const_data_ptr<scalar_t>() : nullptr,
-                                              y.mutable_data_ptr<scalar_t>(), M, N, K);
-    });
-  }));
+  };
+  x.scalar_type() == at::kFloat ? launch(float{}) : launch(c10::BFloat16{});
 #endif
   return y;
 }
@@ -223,25 +216,14 @@ Tensor pointwise_conv_int8_cpu(const Tensor& x, const Tensor& packed, const Tens
   TORCH_CHECK_TYPE(x.scalar_type() == at::kByte && packed.scalar_type() == at::kChar, op,
                    ": expected a uint8 input and an int8 packed weight, got ", x.scalar_type(), " and ",
                    packed.scalar_type());
-  TORCH_CHECK_VALUE(packed.dim() == 3 && packed.size(1) == K && packed.size(2) == kBlockN &&
-                        packed.size(0) == (N + kBlockN - 1) / kBlockN && packed.is_contiguous(),
-                    op, ": expected a packed weight of shape (", (N + kBlockN - 1) / kBlockN, ", ", K, ", ", kBlockN,
-                    ") for ", K, " input and ", N, " output channels, got ", shape_str(packed));
+  check_packed(op, packed, K, N);
   TORCH_CHECK_VALUE(params.scalar_type() == at::kFloat && params.dim() == 2 && params.size(0) == 2 &&
                         params.is_contiguous(),
                     op, ": expected float32 (scale, shift) rows of shape (2, N), got ", params.scalar_type(), " ",
                     shape_str(params));
   const bool float_out = qp[2] == 0;
   const Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  Tensor y = at::empty({x.size(0), N, x.size(2), x.size(3)},
-                       xc.options().dtype(float_out ? at::kFloat : at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
-  Tensor res;
-  if (residual) {
-    TORCH_CHECK_VALUE(residual->sizes() == y.sizes() && residual->scalar_type() == at::kByte, op,
-                      ": the saved residual is ", residual->scalar_type(), " of shape ", shape_str(*residual),
-                      ", the conv's output ", shape_str(y), " (uint8 expected)");
-    res = residual->contiguous(at::MemoryFormat::ChannelsLast);
-  }
+  const auto [y, res] = output_and_residual(op, xc, N, float_out ? at::kFloat : at::kByte, residual);
   if (y.numel() == 0) return y;
 #if defined(MNV3_HAS_BRGEMM) && defined(CPUBLAS_BRGEMM_U8I8I32)
   TORCH_CHECK_TYPE(pointwise_int8_supported(), op, ": this CPU has no AMX-INT8 (the program needs QCONV here)");

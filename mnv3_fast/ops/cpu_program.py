@@ -118,6 +118,8 @@ ACTS = ACTIVATIONS  # an activation code is the index of its name
 ONEDNN_ATTR = ("none", "none", "hardswish")
 _ON_POOLED = (ACT, LINEAR)  # the instructions that take the pooled (N, C) value
 _RESIDUAL_ARG = {CONV: 5, QCONV: 7, PWCONV: 3, QPWCONV: 3}
+# The packed 1x1 convs' second tensor: its rank and what it is.
+_PACKED_1X1 = {PWCONV: (1, "a bias (N)"), QPWCONV: (2, "(scale, shift) rows (2, N)")}
 
 
 def unpack_pointwise(packed: torch.Tensor, out_channels: int) -> torch.Tensor:
@@ -168,13 +170,12 @@ def decode(program: list, tensors: list) -> list:
             if not (t.dtype == torch.float64 and t.dim() == 1 and t.shape[0] == count):
                 raise ValueError(f"{OP}: {info.name} at position {i} needs its quantization parameters as a "
                                  f"float64 tensor of {count} values, got {t.dtype} of shape {list(t.shape)}")
-        if op == PWCONV and (tensors[args[0]].dim() != 3 or tensors[args[1]].dim() != 1):
-            raise ValueError(f"{OP}: PWCONV at position {i} needs a packed weight (blocks, K, 32) and a bias (N), "
-                             f"got shapes {list(tensors[args[0]].shape)} and {list(tensors[args[1]].shape)}")
-        if op == QPWCONV and (tensors[args[0]].dim() != 3 or tensors[args[1]].dim() != 2):
-            raise ValueError(f"{OP}: QPWCONV at position {i} needs a packed weight (blocks, K, 32) and (scale, "
-                             f"shift) rows (2, N), got shapes {list(tensors[args[0]].shape)} and "
-                             f"{list(tensors[args[1]].shape)}")
+        if op in _PACKED_1X1:
+            dim, what = _PACKED_1X1[op]
+            if tensors[args[0]].dim() != 3 or tensors[args[1]].dim() != dim:
+                raise ValueError(f"{OP}: {info.name} at position {i} needs a packed weight (blocks, K, 32) and "
+                                 f"{what}, got shapes {list(tensors[args[0]].shape)} and "
+                                 f"{list(tensors[args[1]].shape)}")
         if op == LINEAR and (tensors[args[0]].dim() != 2 or tensors[args[0]].shape[0] != args[3]):
             raise ValueError(f"{OP}: LINEAR at position {i} declares {args[3]} output features, "
                              f"but its weight has shape {list(tensors[args[0]].shape)}")

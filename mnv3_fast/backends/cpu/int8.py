@@ -196,11 +196,8 @@ QPWCONV_MAX_BATCH = 8
 
 def pointwise_int8(step, in_shape: list) -> bool:
     """Whether a conv runs as QPWCONV (oneDNN's brgemm micro-kernel on AMX-INT8, without ATen's per-call
-    qconv wrapper): 1x1, stride 1, input channels a multiple of 4 (VNNI's groups), a batch of at most
-    QPWCONV_MAX_BATCH, on a CPU and build that have it (see program.POINTWISE_DTYPES)."""
-    w = step.weight
-    return (torch.int8 in program.POINTWISE_DTYPES and w.shape[2:] == (1, 1) and step.stride == 1
-            and step.padding == 0 and w.shape[1] % 4 == 0 and in_shape[0] <= QPWCONV_MAX_BATCH)
+    qconv wrapper): where `program.pointwise` allows int8, for a batch of at most QPWCONV_MAX_BATCH."""
+    return program.pointwise(step, torch.int8) and in_shape[0] <= QPWCONV_MAX_BATCH
 
 
 def qpwconv_weights(step, in_qparams: tuple[float, int]) -> tuple[torch.Tensor, torch.Tensor]:

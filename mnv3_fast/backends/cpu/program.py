@@ -146,12 +146,15 @@ def pack_plan(plan: Plan, shape: list, params: Optional[Plan] = None) -> PackedP
                       linear(plan.classifier))
 
 
-def pointwise(step: ConvStep) -> bool:
-    """Whether a conv runs as PWCONV: 1x1, stride 1, in a dtype of POINTWISE_DTYPES (bfloat16 with an
-    even number of input channels, for AMX's pairs)."""
-    w = step.weight
-    return (w.dtype in POINTWISE_DTYPES and w.shape[2:] == (1, 1) and step.stride == 1 and step.padding == 0
-            and (w.dtype != torch.bfloat16 or w.shape[1] % 2 == 0))
+_VNNI_GROUP = {torch.bfloat16: 2, torch.int8: 4}  # input channels AMX takes together
+
+
+def pointwise(step: ConvStep, dtype: Optional[torch.dtype] = None) -> bool:
+    """Whether a conv runs as PWCONV in `dtype` (default: its weight's; QPWCONV for int8): 1x1, stride 1,
+    a dtype of POINTWISE_DTYPES, and for bfloat16 and int8 input channels in whole VNNI groups."""
+    w, dtype = step.weight, dtype or step.weight.dtype
+    return (dtype in POINTWISE_DTYPES and w.shape[2:] == (1, 1) and step.stride == 1 and step.padding == 0
+            and w.shape[1] % _VNNI_GROUP.get(dtype, 1) == 0)
 
 
 def pack_linear(step: ConvStep, batch: int) -> PackedLinear:
