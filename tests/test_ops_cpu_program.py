@@ -269,8 +269,9 @@ def test_pwconv_every_pixel(dtype, act, residual, run, poison_outputs):
 @pytest.mark.parametrize("dtype", PW_DTYPES)
 @pytest.mark.parametrize("batch", [1, 2])
 def test_pwconv_maps(dtype, batch, poison_outputs):
-    """Odd-sized maps (partial tiles), every output channel count mod 32; a skipped pixel is NaN (poison)."""
-    for C in (8, 34, 72):
+    """Odd-sized maps (partial tiles), output channels in 1-4 vectors of 16 and partial (the fp32 AVX-512
+    register tiles take 64 channels at a time); a skipped pixel is NaN (poison)."""
+    for C in (8, 34, 72, 120):
         x, tensors, program, expected = pwconv_case(batch, 16, C, 11, 9, 2, 1, dtype, seed=C)
         out = cp.run_cpu_program(x, tensors, program)
         tol = 1e-5 if dtype == torch.float32 else 2e-2
