@@ -60,6 +60,14 @@ Tensor conv_add(const Tensor& x, const Tensor& other, const Tensor& w, const std
   return pop_result(op, s);
 }
 
+// A LINEAR's output features: its matrix's rows, or for a PWCONV-packed weight (blocks, K, 32) its bias's
+// size (-1 where they disagree).
+int64_t linear_features(const Tensor& w, const Tensor* bias) {
+  if (w.dim() == 2) return w.size(0);
+  const bool packed = w.dim() == 3 && bias && bias->dim() == 1;
+  return packed && (bias->size(0) + w.size(2) - 1) / w.size(2) == w.size(0) ? bias->size(0) : -1;
+}
+
 // mkldnn::_linear_pointwise(X, W, B?, attr, scalars, algorithm)
 Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, int64_t act) {
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
@@ -188,9 +196,9 @@ int64_t validate(at::TensorList tensors, at::IntArrayRef program) {
       case kPool: pooled_at = static_cast<int64_t>(i); break;
       case kLinear:
         check_tensor(0, false), check_tensor(1, true);
-        TORCH_CHECK_VALUE(tensors[a[0]].dim() == 2 && tensors[a[0]].size(0) == a[3], kOp, ": LINEAR at position ", i,
-                          " declares ", a[3], " output features, but its weight has shape ",
-                          shape_str(tensors[a[0]]));
+        TORCH_CHECK_VALUE(linear_features(tensors[a[0]], a[1] >= 0 ? &tensors[a[1]] : nullptr) == a[3], kOp,
+                          ": LINEAR at position ", i, " declares ", a[3], " output features, but its weight has shape ",
+                          shape_str(tensors[a[0]]), " (a packed one needs a bias of that size)");
         out_features = a[3];
         break;
       default: break;
@@ -291,6 +299,11 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
       case kMark: break;
       case kPool: x = global_avg_pool_cpu(x); break;
       case kLinear: {  // weight bias act out_features
+        if (tensors[a[0]].dim() == 3) {  // packed as PWCONV's: the (N, C) features as N pixels
+          x = pointwise_conv_cpu(x.view({x.size(0), x.size(1), 1, 1}), tensors[a[0]], tensors[a[1]], a[2], nullptr)
+                  .view({x.size(0), a[3]});
+          break;
+        }
         x = linear(x, tensors[a[0]], optional_tensor(a[1]), a[2]);
         if (static_cast<Act>(a[2]) == Act::ReLU) x.relu_();
         break;

@@ -310,6 +310,39 @@ def test_pwconv_bad_inputs():
         _C.pack_pointwise(torch.randn(4, 4, 3, 3))
 
 
+@pytest.mark.parametrize("dtype", PW_DTYPES)
+@pytest.mark.parametrize("act", [0, 1, 2])
+@pytest.mark.parametrize("run", [cp.run_cpu_program, cp.run_cpu_program_reference], ids=["op", "interpreter"])
+def test_linear_packed_as_pwconv(dtype, act, run, poison_outputs):
+    """A LINEAR whose weight is packed as PWCONV's (the head where PWCONV runs) against float64: batches of
+    1 and 7 (a partial tile of 6 rows), 70 features (64 and a partial vector), the act after the bias."""
+    from mnv3_fast import _C
+
+    for N in (1, 7):
+        x = randn(N, 40, 3, 5, dtype=dtype, seed=N, memory_format=torch.channels_last)
+        w, b = randn(70, 40, seed=N + 1, scale=40 ** -0.5).to(dtype), randn(70, seed=N + 2)
+        program = [cp.POOL, cp.LINEAR, 0, 1, act, 70]
+        out = run(x, [_C.pack_pointwise(w), b], program)
+        expected = F.linear(x.double().mean(dim=(2, 3)).to(dtype).double(), w.double(), b.double())
+        expected = [lambda v: v, F.relu, F.hardswish][act](expected)
+        assert out.shape == (N, 70) and out.dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+
+
+@needs_pwconv(torch.float32)
+def test_linear_packed_needs_its_bias():
+    from mnv3_fast import _C
+
+    x, packed = randn(2, 40, 3, 3), _C.pack_pointwise(randn(70, 40))
+    for run in (cp.run_cpu_program, cp.run_cpu_program_reference):
+        with pytest.raises(ValueError, match=r"LINEAR at position 1 declares 70 output features, but its weight has "
+                                             r"shape \[3, 40, 32\] \(a packed one needs a bias of that size\)"):
+            run(x, [packed], [cp.POOL, cp.LINEAR, 0, -1, 0, 70])
+        with pytest.raises(ValueError, match="LINEAR at position 1 declares 70 output features"):
+            run(x, [packed, randn(100)], [cp.POOL, cp.LINEAR, 0, 1, 0, 70])
+
+
 @pytest.mark.parametrize("mode", ["LARGE", "SMALL"])
 def test_model_program_with_and_without_pwconv(mode, monkeypatch):
     """Both ways of running the 1x1 convs (PWCONV, or oneDNN's convolution: CONV) give the model's logits."""

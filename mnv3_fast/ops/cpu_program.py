@@ -28,6 +28,8 @@ of truth:
     POOL                                   global average pool: (N, C, H, W) -> (N, C);
                                            after it only ACT and LINEAR
     LINEAR weight bias act out_features    on pooled features; the program ends with one
+                                           (weight: mkldnn-packed (out, in), or packed as
+                                           PWCONV's with its float32 bias required)
     STEM   weight bias stride pad act      a conv over few input channels (the image),
                                            computed directly; any input layout in,
                                            channels_last out
@@ -64,7 +66,7 @@ Inference only: no autograd (the weights are packed copies).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Optional, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +135,15 @@ def unpack_pointwise(packed: torch.Tensor, out_channels: int) -> torch.Tensor:
     return packed.permute(1, 0, 2).reshape(k, blocks * width)[:, :out_channels].t()
 
 
+def _linear_features(tensors: list, args: list) -> Optional[int]:
+    """A LINEAR's output features: its matrix's rows, or for a PWCONV-packed weight its bias's size."""
+    weight, bias = tensors[args[0]], (tensors[args[1]] if args[1] >= 0 else None)
+    if weight.dim() == 2:
+        return weight.shape[0]
+    packed = weight.dim() == 3 and bias is not None and bias.dim() == 1
+    return bias.shape[0] if packed and -(-bias.shape[0] // weight.shape[2]) == weight.shape[0] else None
+
+
 def decode(program: list, tensors: list) -> list:
     """[(opcode, args)] of a program, checked: known opcodes, whole instructions,
     tensor indices in range, known activations, a SAVE before each residual,
@@ -176,9 +187,10 @@ def decode(program: list, tensors: list) -> list:
                 raise ValueError(f"{OP}: {info.name} at position {i} needs a packed weight (blocks, K, 32) and "
                                  f"{what}, got shapes {list(tensors[args[0]].shape)} and "
                                  f"{list(tensors[args[1]].shape)}")
-        if op == LINEAR and (tensors[args[0]].dim() != 2 or tensors[args[0]].shape[0] != args[3]):
+        if op == LINEAR and _linear_features(tensors, args) != args[3]:
             raise ValueError(f"{OP}: LINEAR at position {i} declares {args[3]} output features, "
-                             f"but its weight has shape {list(tensors[args[0]].shape)}")
+                             f"but its weight has shape {list(tensors[args[0]].shape)} (a packed one needs "
+                             f"a bias of that size)")
         out.append((op, args))
         i += 1 + info.num_args
     if not out or out[-1][0] != LINEAR:
@@ -245,7 +257,11 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
         elif op == POOL:
             x = x.mean(dim=(2, 3))
         elif op == LINEAR:
-            weight, bias, act, _ = a
+            weight, bias, act, out_features = a
+            if tensors[weight].dim() == 3:  # PWCONV's packing: in fp32, rounded once (as PWCONV)
+                w = unpack_pointwise(tensors[weight], out_features).float()
+                x = activation(F.linear(x.float(), w, tensors[bias].float()), ACTS[act]).to(x.dtype)
+                continue
             x = mk._linear_pointwise(x, tensors[weight], tensor(bias), ONEDNN_ATTR[act], [], "")
             if act == 1:
                 x = x.relu_()
