@@ -25,6 +25,9 @@ struct Geometry {
 // Output vectors (NCHW) or pixels (NHWC) computed together: independent FMA
 // chains hide the FMA latency and share each weight load.
 constexpr int kBlock = 4;
+// NHWC: blocks of output pixels per segment; every channel chunk runs over one segment of the row before
+// the next, so the segment's input (a few KB per kernel row) stays in L1 across the chunks.
+constexpr int64_t kSegment = 4;
 constexpr int64_t kNarrowPlane = 8;  // NCHW outputs at most this wide go through the NHWC kernel
 
 // ------------------------------------------------------------------ NCHW
@@ -157,13 +160,14 @@ void dw_nhwc(const typename In::scalar_t* xp, const typename In::acc_t* wp, cons
       const scalar_t* in_img = xp + n * g.H * g.W * C;
       typename Out::scalar_t* out_row = op + row * g.Wo * C;
 
+      for (int64_t b0 = 0; b0 < blocks; b0 += kSegment)
       for (int64_t c = 0; c < C; c += V) {
         const int64_t m = std::min<int64_t>(V, C - c);
-        // The chunk's weights stay in registers (K=5 fits AVX-512's 32) across the row.
+        // The chunk's weights stay in registers (K=5 fits AVX-512's 32) across the segment.
         Vec wv[K * K];
         for (int t = 0; t < K * K; ++t) wv[t] = Vec::loadu(wp + t * C + c, m);
         const Vec bias = Vec::loadu(bp + c, m);
-        for (int64_t b = 0; b < blocks; ++b) {
+        for (int64_t b = b0; b < std::min(blocks, b0 + kSegment); ++b) {
           const int64_t* cb = col.data() + b * kBlock * K;
           Vec acc[kBlock];
           for (int j = 0; j < kBlock; ++j) acc[j] = bias;
