@@ -107,22 +107,38 @@ template <Act A>
 void run_register_tiles(const float* x, const float* w, const float* bias, const float* res, float* y, int64_t M,
                         int64_t N, int64_t K) {
   const int64_t m_tiles = (M + kRegRows - 1) / kRegRows, n_groups = (N + 63) / 64;
-  // Tiles go pixel-major (all of w read per pixel tile) or channel-major (all of x read per group of 64
-  // channels), whichever reads fewer bytes in total.
+  auto tile = [&](int64_t mt, int64_t ng) {
+    const int64_t m0 = mt * kRegRows, rows = std::min<int64_t>(kRegRows, M - m0), n0 = ng * 64, left = N - n0;
+    const float* xr = x + m0 * K;
+    const float* rr = res ? res + m0 * N : nullptr;
+    float* yr = y + m0 * N;
+    if (left > 48) register_tile_rows<4, A>(rows, xr, K, w, bias, rr, yr, N, n0);
+    else if (left > 32) register_tile_rows<3, A>(rows, xr, K, w, bias, rr, yr, N, n0);
+    else if (left > 16) register_tile_rows<2, A>(rows, xr, K, w, bias, rr, yr, N, n0);
+    else register_tile_rows<1, A>(rows, xr, K, w, bias, rr, yr, N, n0);
+  };
+  // A thread's tiles go pixel-major (all of w read per pixel tile) or channel-major (all of its x read
+  // per group of 64 channels), whichever reads fewer bytes in total.
   const bool channel_major = K * N * m_tiles + M * K > M * K * n_groups + K * N;
-  at::parallel_for(0, m_tiles * n_groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t mt = channel_major ? t % m_tiles : t / n_groups;
-      const int64_t n0 = (channel_major ? t / m_tiles : t % n_groups) * 64;
-      const int64_t m0 = mt * kRegRows, rows = std::min<int64_t>(kRegRows, M - m0), left = N - n0;
-      const float* xr = x + m0 * K;
-      const float* rr = res ? res + m0 * N : nullptr;
-      float* yr = y + m0 * N;
-      if (left > 48) register_tile_rows<4, A>(rows, xr, K, w, bias, rr, yr, N, n0);
-      else if (left > 32) register_tile_rows<3, A>(rows, xr, K, w, bias, rr, yr, N, n0);
-      else if (left > 16) register_tile_rows<2, A>(rows, xr, K, w, bias, rr, yr, N, n0);
-      else register_tile_rows<1, A>(rows, xr, K, w, bias, rr, yr, N, n0);
-    }
+  if (M >= N && m_tiles >= 4 * at::get_num_threads()) {
+    // More pixels than output channels: threads take ranges of pixels.  A split of the flat tile range
+    // gave one thread the 64-channel groups and the other a remainder of 8 (24 -> 72 channels ran slower
+    // on 2 threads than on 1), and both threads wrote into the same output rows.
+    at::parallel_for(0, m_tiles, 1, [&](int64_t begin, int64_t end) {
+      if (channel_major) {
+        for (int64_t ng = 0; ng < n_groups; ++ng)
+          for (int64_t mt = begin; mt < end; ++mt) tile(mt, ng);
+      } else {
+        for (int64_t mt = begin; mt < end; ++mt)
+          for (int64_t ng = 0; ng < n_groups; ++ng) tile(mt, ng);
+      }
+    });
+    return;
+  }
+  // Fewer pixels than channels (7x7 maps, the head's products): threads take ranges of channel groups,
+  // each reading its part of w only.
+  at::parallel_for(0, n_groups * m_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) tile(t % m_tiles, t / m_tiles);
   });
 }
 #endif
