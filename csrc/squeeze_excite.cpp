@@ -11,18 +11,20 @@ namespace {
 
 constexpr const char* kOp = "mnv3::squeeze_excite";
 
-template <typename T>
-T dot(const T* a, const T* b, int64_t n) {
+// a (weights: T, or bf16 read as fp32) . b (T).
+template <typename T, typename W = T>
+T dot(const W* a, const T* b, int64_t n) {
+  using IO = VecIO<W>;
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   Vec acc0(T(0)), acc1(T(0));
   int64_t i = 0;
   for (; i + 2 * V <= n; i += 2 * V) {
-    acc0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc0);
-    acc1 = at::vec::fmadd(Vec::loadu(a + i + V), Vec::loadu(b + i + V), acc1);
+    acc0 = at::vec::fmadd(IO::load(a + i), Vec::loadu(b + i), acc0);
+    acc1 = at::vec::fmadd(IO::load(a + i + V), Vec::loadu(b + i + V), acc1);
   }
-  for (; i + V <= n; i += V) acc0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc0);
-  if (i < n) acc1 = at::vec::fmadd(Vec::loadu(a + i, n - i), Vec::loadu(b + i, n - i), acc1);  // zero-filled tail
+  for (; i + V <= n; i += V) acc0 = at::vec::fmadd(IO::load(a + i), Vec::loadu(b + i), acc0);
+  if (i < n) acc1 = at::vec::fmadd(IO::load(a + i, n - i), Vec::loadu(b + i, n - i), acc1);  // zero-filled tail
   return hsum(acc0 + acc1);
 }
 
@@ -87,11 +89,13 @@ void channel_means(const Tensor& x, bool channels_last, typename In::acc_t* mean
   });
 }
 
-// Out: how the output is stored (x's own dtype, or U8IO for the int8 program).
-template <typename scalar_t, typename Out = VecIO<scalar_t>>
-void se_kernel(const Tensor& x, const at::opmath_type<scalar_t>* w1p, const at::opmath_type<scalar_t>* b1p,
-               const at::opmath_type<scalar_t>* w2p, const at::opmath_type<scalar_t>* b2p, int64_t S, Tensor& out,
-               bool channels_last, const Out& out_io = Out()) {  // w1 (S, C), w2 (C, S)
+// Out: how the output is stored (x's own dtype, or U8IO for the int8 program).  W: the matrices' dtype
+// (the accumulation type, or bf16 for a bf16 x: at batch 1 the SE is reading its matrices, and bf16
+// halves that).
+template <typename scalar_t, typename Out = VecIO<scalar_t>, typename W = at::opmath_type<scalar_t>>
+void se_kernel(const Tensor& x, const W* w1p, const at::opmath_type<scalar_t>* b1p, const W* w2p,
+               const at::opmath_type<scalar_t>* b2p, int64_t S, Tensor& out, bool channels_last,
+               const Out& out_io = Out()) {  // w1 (S, C), w2 (C, S)
   using IO = VecIO<scalar_t>;
   using acc_t = typename IO::acc_t;
   using Vec = typename IO::Vec;
@@ -110,11 +114,11 @@ void se_kernel(const Tensor& x, const at::opmath_type<scalar_t>* w1p, const at::
   std::vector<acc_t> hidden(N * S);
   auto squeeze_rows = [&](int64_t n, int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s)
-      hidden[n * S + s] = std::max(dot(w1p + s * C, gate.data() + n * C, C) + b1p[s], acc_t(0));
+      hidden[n * S + s] = std::max(dot<acc_t>(w1p + s * C, gate.data() + n * C, C) + b1p[s], acc_t(0));
   };
   auto excite_rows = [&](int64_t n, int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
-      gate[n * C + c] = hsigmoid_scalar(dot(w2p + c * S, hidden.data() + n * S, S) + b2p[c]);
+      gate[n * C + c] = hsigmoid_scalar(dot<acc_t>(w2p + c * S, hidden.data() + n * S, S) + b2p[c]);
   };
   if (N >= at::get_num_threads()) {
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
@@ -190,6 +194,16 @@ Tensor squeeze_excite_cpu_impl(const Tensor& x_in, const Tensor& w1_in, const Te
   MNV3_DISPATCH_FLOATING(x.scalar_type(), kOp, [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> w1s, b1s, w2s, b2s;  // used only for inputs that need converting
+    // The CPU program's bf16 SE: bf16 matrices (read as they are), fp32 biases.
+    if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+      if (fp32_params && w1_in.scalar_type() == at::kBFloat16 && w2_in.scalar_type() == at::kBFloat16 &&
+          w1_in.is_contiguous() && w2_in.is_contiguous()) {
+        se_kernel<scalar_t, VecIO<scalar_t>, scalar_t>(x, w1_in.const_data_ptr<scalar_t>(), acc_data<acc_t>(b1, b1s),
+                                                       w2_in.const_data_ptr<scalar_t>(), acc_data<acc_t>(b2, b2s), S,
+                                                       out, channels_last);
+        return;
+      }
+    }
     se_kernel<scalar_t>(x, acc_data<acc_t>(w1_in, w1s), acc_data<acc_t>(b1, b1s),
                         acc_data<acc_t>(w2_in, w2s), acc_data<acc_t>(b2, b2s), S, out,
                         channels_last);
