@@ -33,8 +33,9 @@ of truth:
     STEM   weight bias stride pad act      a conv over few input channels (the image),
                                            computed directly; any input layout in,
                                            channels_last out
-    PWCONV weight bias act res             a 1x1 conv, stride 1, on oneDNN's brgemm
-                                           micro-kernel (csrc/pointwise_conv.cpp): act, then
+    PWCONV weight bias act res             a 1x1 conv, stride 1 (csrc/pointwise_conv.cpp:
+                                           register tiles for fp32 on AVX-512, oneDNN's brgemm
+                                           micro-kernel otherwise): act, then
                                            res=1 adds the saved value; weight packed by
                                            mnv3_fast._C.pack_pointwise (see `unpack_pointwise`),
                                            the bias (required) gives the output channels
