@@ -56,7 +56,8 @@ void for_each_tile(const X* x, const W* w, int64_t M, int64_t N, int64_t K, bool
 // epilogue reads it back, which at MobileNetV3's small K (16-120 input channels) costs as much as the
 // FMAs: measured per conv at batch 1 on a Xeon (AMX), these tiles were 1.1-1.6x faster for K <= 480,
 // and 0.94-1.06x at 7x7 pixels with K = 672-960.
-constexpr int kRegRows = 6;  // 6 pixels x 4 vectors = 24 accumulators, of the 32 zmm registers
+constexpr int kRegRows = 6;           // 6 pixels x 4 vectors = 24 accumulators, of the 32 zmm registers
+constexpr int64_t kRegChannels = 64;  // output channels per tile: 4 vectors of 16
 
 template <int R, int NV, Act A>
 inline void register_tile(const float* __restrict x, int64_t K, const float* __restrict w, int64_t w_block,
@@ -106,9 +107,10 @@ void register_tile_rows(int64_t rows, const float* x, int64_t K, const float* w,
 template <Act A>
 void run_register_tiles(const float* x, const float* w, const float* bias, const float* res, float* y, int64_t M,
                         int64_t N, int64_t K) {
-  const int64_t m_tiles = (M + kRegRows - 1) / kRegRows, n_groups = (N + 63) / 64;
+  const int64_t m_tiles = (M + kRegRows - 1) / kRegRows, n_groups = (N + kRegChannels - 1) / kRegChannels;
   auto tile = [&](int64_t mt, int64_t ng) {
-    const int64_t m0 = mt * kRegRows, rows = std::min<int64_t>(kRegRows, M - m0), n0 = ng * 64, left = N - n0;
+    const int64_t m0 = mt * kRegRows, rows = std::min<int64_t>(kRegRows, M - m0), n0 = ng * kRegChannels;
+    const int64_t left = N - n0;
     const float* xr = x + m0 * K;
     const float* rr = res ? res + m0 * N : nullptr;
     float* yr = y + m0 * N;
@@ -117,13 +119,13 @@ void run_register_tiles(const float* x, const float* w, const float* bias, const
     else if (left > 16) register_tile_rows<2, A>(rows, xr, K, w, bias, rr, yr, N, n0);
     else register_tile_rows<1, A>(rows, xr, K, w, bias, rr, yr, N, n0);
   };
-  // A thread's tiles go pixel-major (all of w read per pixel tile) or channel-major (all of its x read
-  // per group of 64 channels), whichever reads fewer bytes in total.
-  const bool channel_major = K * N * m_tiles + M * K > M * K * n_groups + K * N;
   if (M >= N && m_tiles >= 4 * at::get_num_threads()) {
     // More pixels than output channels: threads take ranges of pixels.  A split of the flat tile range
     // gave one thread the 64-channel groups and the other a remainder of 8 (24 -> 72 channels ran slower
     // on 2 threads than on 1), and both threads wrote into the same output rows.
+    // A thread's tiles go pixel-major (all of w read per pixel tile) or channel-major (all of its x read
+    // per group of channels), whichever reads fewer bytes in total.
+    const bool channel_major = K * N * m_tiles + M * K > M * K * n_groups + K * N;
     at::parallel_for(0, m_tiles, 1, [&](int64_t begin, int64_t end) {
       if (channel_major) {
         for (int64_t ng = 0; ng < n_groups; ++ng)

@@ -26,11 +26,11 @@ enum class Layout { Strided, Nchw, Nhwc };  // NCHW/NHWC: contiguous, so the pix
 // K_, S_, CI_: the kernel size, stride and input channels when known at
 // compile time (0: read from g), so that the MobileNetV3 stem (3, 2, 3) gets
 // constant offsets and fully unrolled taps.
-// Out: how the output is stored (x's dtype, or U8IO for the int8 program).
+// x: fp32 (a bf16 image is converted first).  Out: how the output is stored (x's dtype, or U8IO for the
+// int8 program).
 template <Act A, int K_, int S_, int CI_, Layout L, typename Out>
 void stem_kernel(const float* x, const float* w, const float* b, typename Out::scalar_t* out,
                  const StemGeometry& g, const Out& out_io) {
-  using scalar_t = float;  // the input's (a bf16 image is converted first)
   using Vec = at::vec::Vectorized<float>;
   constexpr int64_t V = Vec::size();
   const int64_t K = K_ ? K_ : g.K, S = S_ ? S_ : g.stride, Ci = CI_ ? CI_ : g.Ci;
@@ -39,7 +39,7 @@ void stem_kernel(const float* x, const float* w, const float* b, typename Out::s
   at::parallel_for(0, g.N * g.Ho, 4, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.Ho, oy = row % g.Ho;
-      const scalar_t* xn = x + n * g.sN;
+      const float* xn = x + n * g.sN;
       typename Out::scalar_t* out_row = out + row * g.Wo * g.Co;
       for (int64_t ox0 = 0; ox0 < g.Wo; ox0 += kPixels) {
         const int64_t np = std::min<int64_t>(kPixels, g.Wo - ox0);
@@ -54,17 +54,17 @@ void stem_kernel(const float* x, const float* w, const float* b, typename Out::s
             const int64_t iy = oy * S - g.padding + ky;
             if (iy < 0 || iy >= g.H) continue;
             const float* wk = w + ky * K * Ci * g.CoPadded + c0;
-            const scalar_t* xr = xn + iy * g.sH;
+            const float* xr = xn + iy * g.sH;
             if (interior) {
               MNV3_UNROLL(5)
               for (int64_t kx = 0; kx < K; ++kx) {
                 MNV3_UNROLL(4)
                 for (int64_t ci = 0; ci < Ci; ++ci) {
                   const Vec wv = Vec::loadu(wk + (kx * Ci + ci) * g.CoPadded);
-                  const scalar_t* xp = xr + ci * sC + (ix0 + kx) * sW;
+                  const float* xp = xr + ci * sC + (ix0 + kx) * sW;
                   MNV3_UNROLL(8)
                   for (int j = 0; j < kPixels; ++j)
-                    acc[j] = at::vec::fmadd(Vec(static_cast<float>(xp[j * S * sW])), wv, acc[j]);
+                    acc[j] = at::vec::fmadd(Vec(xp[j * S * sW]), wv, acc[j]);
                 }
               }
             } else {
@@ -74,7 +74,7 @@ void stem_kernel(const float* x, const float* w, const float* b, typename Out::s
                   for (int j = 0; j < np; ++j) {
                     const int64_t ix = ix0 + j * S + kx;
                     if (ix >= 0 && ix < g.W)
-                      acc[j] = at::vec::fmadd(Vec(static_cast<float>(xr[ci * sC + ix * sW])), wv, acc[j]);
+                      acc[j] = at::vec::fmadd(Vec(xr[ci * sC + ix * sW]), wv, acc[j]);
                   }
                 }
             }
