@@ -21,8 +21,9 @@ def drive(timing, cost, calls, all_threads=2):
 
 def test_quiet_machine_stays_on_all_threads_but_probes():
     chosen = drive(ThreadTiming(), lambda t, _: {2: 1.0, 1: 1.8}[t], 400)
-    assert chosen[:3] == [2, 2, 2] and chosen[3:6] == [1, 1, 1]  # a few calls at each setting first
-    ones = chosen[6:].count(1)
+    first = ThreadTiming.COLD_CALLS + ThreadTiming.MIN_SAMPLES  # a few calls at each setting first
+    assert chosen[:first] == [2] * first and chosen[first:2 * first] == [1] * first
+    ones = chosen[2 * first:].count(1)
     assert 0 < ones <= 400 // ThreadTiming.PROBE_EVERY + 1  # then one probe in PROBE_EVERY
 
 
@@ -40,7 +41,20 @@ def test_and_back_when_the_core_is_free_again():
     cost = lambda t, call: {2: 40.0, 1: 2.0}[t] if call < 100 else {2: 1.0, 1: 1.8}[t]  # noqa: E731
     chosen = drive(ThreadTiming(), cost, 100 + 4 * ThreadTiming.PROBE_EVERY)
     assert chosen[90:100].count(1) >= 9
-    assert chosen[-ThreadTiming.PROBE_EVERY // 2:].count(2) >= ThreadTiming.PROBE_EVERY // 2 - 1
+    # the first probe after the core is free wins and is repeated until the choice follows (not 3 probes
+    # PROBE_EVERY calls apart)
+    back = 100 + ThreadTiming.PROBE_EVERY + ThreadTiming.SAMPLES
+    assert chosen[back:].count(1) <= (len(chosen) - back) // ThreadTiming.PROBE_EVERY + 1  # the probes only
+
+
+def test_cold_first_calls_do_not_decide():
+    # What benchmarks/run.py saw on a 2-vCPU Xeon (Large bf16 batch 1, ms): the first calls on two threads
+    # ran cold (kernel generation, first-touch pages) and outvoted the warm ones, which kept the program
+    # on one thread (3.7 ms) while two took 2.5 ms.
+    cold = [5.2, 3.9]
+    cost = lambda t, call: 3.7 if t == 1 else (cold.pop(0) if cold else 2.5)  # noqa: E731
+    chosen = drive(ThreadTiming(), cost, 200)
+    assert chosen[20:].count(1) <= 200 // ThreadTiming.PROBE_EVERY + 1
 
 
 def test_one_thread_machines_are_left_alone():

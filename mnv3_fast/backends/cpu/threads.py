@@ -7,8 +7,14 @@ Small at batch 1 took 569 ms on 2 threads against 18 ms on 1 (libgomp's default
 wait policy spins; `OMP_WAIT_POLICY=PASSIVE` avoids it, but only if set before
 torch loads OpenMP).  So each program times its calls and keeps to the faster of
 the two settings: every `PROBE_EVERY` calls, or at once when a call takes far
-longer than usual, it runs one call on the other setting.  On a quiet machine
-that costs one slower call in `PROBE_EVERY`.  The choice applies to that call's
+longer than usual, it runs one call on the other setting; a probe that beats
+the chosen setting is followed by another at once, so a setting that became
+faster wins within a few calls (one probe every `PROBE_EVERY` calls would need
+three probes, ~200 calls, to outvote the old samples).  On a quiet machine that
+costs one slower call in `PROBE_EVERY`.  The first call on each setting is not
+counted: it runs cold (oneDNN generates its kernels, pages are first touched),
+and counting it made `benchmarks/run.py` keep Large bf16 batch 1 on one thread
+(4.3 ms a call) where two took 2.5 ms, for most of a cell.  The choice applies to that call's
 parallel regions only (OpenMP's per-thread setting): torch's own setting is
 left alone.
 
@@ -38,11 +44,14 @@ class ThreadTiming:
     SAMPLES = 5  # recent calls per setting that a choice is made on
     MIN_SAMPLES = 3
     STALL = 4.0  # a call this many times slower than usual triggers a probe at once
+    COLD_CALLS = 1  # calls on each setting that are not counted (the first runs cold)
 
     def __init__(self):
         self.times: dict[int, deque] = {}
+        self.cold: dict[int, int] = {}  # calls left uncounted, per setting
         self.calls = 0
         self.probe_next = False
+        self.best = None  # the setting the last choice preferred (None before every setting has samples)
 
     def _median(self, threads: int) -> float:
         recent = self.times.get(threads, ())
@@ -55,18 +64,24 @@ class ThreadTiming:
         for threads in (all_threads, 1):  # first a few calls at each setting
             if len(self.times.get(threads, ())) < self.MIN_SAMPLES:
                 return threads
-        best = 1 if self._median(1) < self._median(all_threads) else all_threads
+        best = self.best = 1 if self._median(1) < self._median(all_threads) else all_threads
         if self.probe_next or self.calls % self.PROBE_EVERY == 0:
             self.probe_next = False
             return all_threads if best == 1 else 1
         return best
 
     def record(self, threads: int, seconds: float) -> None:
+        cold = self.cold.setdefault(threads, self.COLD_CALLS)
+        if cold:
+            self.cold[threads] = cold - 1
+            return
         recent = self.times.setdefault(threads, deque(maxlen=self.SAMPLES))
         usual = self._median(threads)
         recent.append(seconds)
         if seconds > self.STALL * usual:
             self.probe_next = True
+        elif self.best is not None and threads != self.best and seconds < self._median(self.best):
+            self.probe_next = True  # a probe that wins: probe again, until the choice follows
 
 
 P = TypeVar("P")
