@@ -44,6 +44,50 @@ constexpr size_t kWholeBytes = 4096;  // tensors up to this size are read whole 
 constexpr int kSamples = 8;           // larger ones: this many 8-byte samples spread over the tensor
                                       // (each a cache miss after a forward: 64 cost ~40 us for Small)
 
+// The addresses the last model_state walk read (module objects, their dicts and
+// dict tables, tensor objects and impls, tensor data), so that the next walk of
+// the same model can prefetch them all at once: after a forward has streamed
+// megabytes of weights through the caches, the walk's pointer chase otherwise
+// waits on one miss after another (measured on a 2-vCPU Xeon, Large bf16 after a
+// batch-1 forward: 154 us a walk without prefetching, 122 us with it, 61 us warm).
+// A stale address is harmless: prefetches never fault.
+struct TouchList {
+  static constexpr int kRefreshEvery = 64;  // walks between two recordings (recording costs ~10 us)
+  const void* model = nullptr;  // (compared by address only)
+  std::vector<const void*> addresses;
+  bool recording = false;
+  int walks = 0;
+
+  // Prefetches what the last recorded walk of `m` read; decides whether this walk records.
+  void start(const void* m) {
+    if (m == model)
+      for (const void* a : addresses) __builtin_prefetch(a);
+    recording = m != model || ++walks >= kRefreshEvery;
+    if (recording) {
+      model = m;
+      walks = 0;
+      addresses.clear();
+    }
+  }
+  void add(const void* a) {
+    if (recording) addresses.push_back(a);
+  }
+  // A dict: its object, the first `lines` cache lines of its key table (where the
+  // hash index and the entries are), and its values where they are split off.
+  void add_dict(PyObject* d, size_t lines = 2) {
+    if (!recording) return;
+    auto* dict = reinterpret_cast<PyDictObject*>(d);
+    add_lines(d, sizeof(PyDictObject));
+    add_lines(dict->ma_keys, 64 * lines);
+    if (dict->ma_values) add(dict->ma_values);
+  }
+  void add_lines(const void* a, size_t bytes) {
+    if (!recording) return;
+    const char* p = static_cast<const char*>(a);
+    for (size_t i = 0; i < bytes; i += 64) addresses.push_back(p + i);
+  }
+};
+
 inline void mix(uint64_t& h, uint64_t v) {  // (boost's hash_combine)
   h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
 }
@@ -57,6 +101,7 @@ struct TensorDigest {
   uint64_t h = 0xCBF29CE484222325ull, sum = 0, x = 0;
   bool any_grad = false, cacheable = true;
   bool read_content = true;
+  TouchList* touch = nullptr;
 
   // Returns false (with a Python error set) if `o` is neither a tensor nor None.
   bool add(PyObject* o) {
@@ -67,6 +112,12 @@ struct TensorDigest {
       return false;
     }
     const at::Tensor& t = THPVariable_Unpack(o);
+    if (touch && touch->recording) {
+      touch->add_lines(o, sizeof(THPVariable));
+      touch->add_lines(t.unsafeGetTensorImpl(), sizeof(c10::TensorImpl));
+      if (t.has_storage()) touch->add(t.storage().unsafeGetStorageImpl());
+      if (t.unsafeGetTensorImpl()->autograd_meta()) touch->add(t.unsafeGetTensorImpl()->autograd_meta());
+    }
     if (t.is_inference()) {  // (no version counter: don't cache)
       cacheable = false;
       return true;
@@ -82,10 +133,12 @@ struct TensorDigest {
     const char* p = static_cast<const char*>(t.const_data_ptr());
     const size_t bytes = t.numel() * t.element_size();
     if (bytes <= kWholeBytes) {
+      if (touch) touch->add_lines(p, bytes);
       checksum(p, bytes, sum, x);
     } else {
       for (int k = 0; k < kSamples; ++k) {
         uint64_t w;
+        if (touch) touch->add(p + (bytes - 8) / (kSamples - 1) * k);
         std::memcpy(&w, p + (bytes - 8) / (kSamples - 1) * k, 8);
         mix(h, w);
       }
@@ -142,8 +195,11 @@ PyObject* model_state(PyObject*, PyObject* args) {
   static PyObject* const kHookDicts[] = {
       PyUnicode_InternFromString("_forward_hooks"), PyUnicode_InternFromString("_forward_pre_hooks"),
       PyUnicode_InternFromString("_backward_hooks"), PyUnicode_InternFromString("_backward_pre_hooks")};
+  static TouchList touch;  // (the GIL serializes model_state calls)
+  touch.start(model);
   TensorDigest digest;
   digest.read_content = read_content;
+  digest.touch = &touch;
   uint64_t structure = 0x84222325CBF29CE4ull;
   PyObject *hooked = Py_None, *training = Py_None;
   PyObject* keep = PyList_New(0);
@@ -153,6 +209,7 @@ PyObject* model_state(PyObject*, PyObject* args) {
   auto add_tensors = [&](PyObject* d, PyObject* name) {
     PyObject* tensors = PyDict_GetItem(d, name);
     if (!tensors || !PyDict_Check(tensors)) return;
+    touch.add_dict(tensors);
     PyObject *key, *value;
     Py_ssize_t pos = 0;
     while (ok && PyDict_Next(tensors, &pos, &key, &value)) {
@@ -174,6 +231,8 @@ PyObject* model_state(PyObject*, PyObject* args) {
       break;
     }
     PyObject* d = *dict_ptr;
+    touch.add_lines(m, 64);
+    touch.add_dict(d, 12);  // (a module's __dict__: ~30 names)
     // (The model itself stays out of keep_alive: the cache it owns must not keep it alive.)
     if (m != model) {
       mix(structure, reinterpret_cast<uintptr_t>(m));
@@ -187,6 +246,7 @@ PyObject* model_state(PyObject*, PyObject* args) {
     if (names && PyTuple_Check(names)) {
       for (Py_ssize_t i = 0; ok && i < PyTuple_GET_SIZE(names); ++i) {
         PyObject* v = PyDict_GetItem(d, PyTuple_GET_ITEM(names, i));
+        if (v) touch.add(v);
         const Py_hash_t hv = v ? PyObject_Hash(v) : 0;
         if (hv == -1 && PyErr_Occurred()) ok = false;
         mix(structure, static_cast<uint64_t>(hv));
@@ -198,6 +258,7 @@ PyObject* model_state(PyObject*, PyObject* args) {
       if (hooked == Py_None) {
         for (PyObject* name : kHookDicts) {
           PyObject* hooks = PyDict_GetItem(d, name);
+          if (hooks) touch.add_lines(hooks, 64);
           if (hooks && PyDict_Check(hooks) && PyDict_Size(hooks) > 0) {
             hooked = m;
             break;
@@ -209,6 +270,7 @@ PyObject* model_state(PyObject*, PyObject* args) {
     }
     PyObject* children = PyDict_GetItem(d, kModules);
     if (children && PyDict_Check(children)) {  // pushed in reverse: visited in module order
+      touch.add_dict(children);
       const size_t first = stack.size();
       PyObject *key, *value;
       Py_ssize_t pos = 0;
