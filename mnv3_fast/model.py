@@ -83,11 +83,11 @@ class MobileNetV3(ref.MobileNetV3):
 
     # -- choosing a backend -------------------------------------------------
 
-    def _call(self, x: torch.Tensor, image: bool = True):
+    def _call(self, x: torch.Tensor, image: bool = True, view=None):
         """The facts that choose a backend for this call, and that backend."""
         if image:
             ref._check_input(x)
-        call = backends.make_call(self, x)
+        call = backends.make_call(self, x, view)
         return call, backends.select(self, call)
 
     def explain(self, x: torch.Tensor) -> backends.Explanation:
@@ -99,8 +99,13 @@ class MobileNetV3(ref.MobileNetV3):
     # -- forward ------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        call, backend = self._call(x)
-        return backend.forward(self, x, call)
+        out, view = backends.run_shortcut(self, x)  # (a call like an earlier one, on an unchanged model)
+        if out is not None:
+            return out
+        call, backend = self._call(x, view=view)
+        out = backend.forward(self, x, call)
+        backends.remember(self, x, call, backend)
+        return out
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map before global pooling (the output of `out_conv1`)."""

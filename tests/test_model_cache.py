@@ -193,6 +193,70 @@ class TestHooks:
             assert fast.explain(X).backend == "cpu_program"
 
 
+class TestShortcut:
+    """A call like an earlier one on an unchanged model skips choosing its backend
+    (backends.run_shortcut); what else changed between the two calls must still reach the second."""
+
+    def test_the_second_call_skips_choosing(self, models, monkeypatch):
+        _, fast = fresh(models)
+        chosen = []
+        select = mnv3_fast.backends.select
+        monkeypatch.setattr(mnv3_fast.backends, "select", lambda *a: chosen.append(1) or select(*a))
+        with torch.no_grad():
+            first, second = fast(X), fast(X)
+            fast(X[:1])  # (another input shape: chosen afresh)
+        assert len(chosen) == 2
+        torch.testing.assert_close(second, first)
+
+    def test_a_hook_registered_after_fires(self, models):
+        ref, fast = fresh(models)
+        seen = []
+        with torch.no_grad():
+            fast(X), fast(X)
+            fast.block[5].register_forward_hook(lambda m, args, out: seen.append(out.clone()))
+            out = fast(X)
+        assert len(seen) == 1
+        with torch.no_grad():
+            assert_close_rel(out, ref(X))
+
+    def test_a_global_hook_registered_after_fires(self, models):
+        _, fast = fresh(models)
+        calls = []
+        with torch.no_grad():
+            fast(X), fast(X)
+            handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: calls.append(type(m)))
+            try:
+                fast(X)
+            finally:
+                handle.remove()
+        assert nn.Conv2d in calls
+
+    def test_gradients_flow_after_a_no_grad_call(self, models):
+        _, fast = fresh(models)
+        with torch.no_grad():
+            fast(X)
+        x = X.clone().requires_grad_()
+        fast(x).sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+
+    def test_autocast_after_a_plain_call(self, models):
+        ref, fast = fresh(models)
+        with torch.no_grad():
+            assert fast(X).dtype == torch.float32
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out, expected = fast(X), ref(X)
+        assert out.dtype == expected.dtype == torch.bfloat16
+
+    def test_a_changed_priority_list_is_obeyed(self, models, monkeypatch):
+        _, fast = fresh(models)
+        with torch.no_grad():
+            fast(X), fast(X)
+            backends = mnv3_fast.backends
+            monkeypatch.setitem(backends.PRIORITY, "cpu", (backends.GENERIC, backends.REFERENCE))
+            monkeypatch.setattr(type(backends.CPU_PROGRAM), "forward", lambda *a: pytest.fail("CPU program ran"))
+            fast(X)
+
+
 def test_concurrent_forwards_on_one_model(models, monkeypatch):
     """Many threads, many input shapes, a tiny cache: no errors, every answer right (item 17)."""
     ref, fast = fresh(models)

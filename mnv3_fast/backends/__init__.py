@@ -12,13 +12,21 @@ passed.
 
 To add a backend: write it in its own module or folder (a `Backend` subclass
 with a `name`), and put an instance into `PRIORITY` for its device.
+
+Choosing costs Python time: at batch 1 on the CPU, ~0.15 ms of a 1.5-2.5 ms
+forward once a forward has cooled the caches.  So a backend that says so
+(`remembers_calls`) has its choice remembered per `call_signature` in the
+model's cache (dropped with everything else when the model changes), and the
+next call like it runs that backend at once (`run_shortcut`).
 """
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
-from .base import Backend, Call, make_call
+import torch
+
+from .base import Backend, Call, _tracing, make_call
 from .cpu import CpuProgramBackend
 from .cuda import CudaBackend
 from .generic import GenericBackend
@@ -65,6 +73,38 @@ def select(model, call: Call) -> Backend:
     raise AssertionError("the reference backend runs anything")  # (unreachable: REFERENCE has no reasons)
 
 
+def call_signature(model, x: torch.Tensor, state) -> tuple:
+    """Everything besides the model's state (the cache key) that the choice of a backend, and what the
+    CPU backend prepares, depend on: the input's shape, dtype and device, grad, autocast, torch's thread
+    count, the model's CPU settings, hooks (not part of the key) and the priority list itself."""
+    device = x.device.type
+    autocast = torch.is_autocast_enabled(device)
+    return (x.shape, x.dtype, x.device, torch.is_grad_enabled() and (x.requires_grad or state.requires_grad),
+            autocast and torch.get_autocast_dtype(device), torch.get_num_threads(), model.cpu_chunk_bytes,
+            model.cpu_adaptive_threads, state.hooked is None, PRIORITY.get(device, DEFAULT_PRIORITY))
+
+
+def run_shortcut(model, x) -> tuple[Optional[torch.Tensor], Optional[object]]:
+    """`model(x)` on the backend that ran the last call like it, if the model has not changed since;
+    returns (the output or None, the cache view this call read, for the full path to reuse)."""
+    if type(x) is not torch.Tensor or x.device.type not in PRIORITY or _tracing():
+        return None, None  # (the full path says what is wrong with an odd input)
+    view = model._plans.view(model, validate=model.validate_cache)
+    if view.state.key is None:
+        return None, view
+    found = view.lookup("shortcut", call_signature(model, x, view.state))
+    if found is None:
+        return None, view
+    backend, facts = found
+    return backend.forward(model, x, Call(*facts, view)), view
+
+
+def remember(model, x: torch.Tensor, call: Call, backend: Backend) -> None:
+    """Lets later calls like this one run `backend` at once (where it says they may)."""
+    if backend.remembers_calls and call.view is not None and call.view.state.key is not None:
+        call.view.remember("shortcut", call_signature(model, x, call.view.state), (backend, call[:-1]))
+
+
 def explain(model, call: Call) -> Explanation:
     passed = {}
     for backend in PRIORITY.get(call.device_type, DEFAULT_PRIORITY):
@@ -76,4 +116,4 @@ def explain(model, call: Call) -> Explanation:
 
 
 __all__ = ["Backend", "Call", "Explanation", "PRIORITY", "DEFAULT_PRIORITY", "CPU_PROGRAM", "CUDA", "GENERIC",
-           "REFERENCE", "explain", "make_call", "select"]
+           "REFERENCE", "call_signature", "explain", "make_call", "remember", "run_shortcut", "select"]

@@ -28,6 +28,7 @@ class Call(NamedTuple):
     training: bool  # the model is in train mode
     grad: bool  # autograd must flow through this call (to the input or to a weight)
     weights_need_grad: bool  # ... to a weight: folds must be recomputed differentiably
+    # (last: backends.run_shortcut rebuilds a remembered call from the fields before it and its own view)
     view: Optional[CacheView]  # the cache, as valid for this call (None while tracing: nothing is cached)
 
 
@@ -36,7 +37,7 @@ def _tracing() -> Optional[str]:
     # torch.export, which is_compiling() covers, the TorchScript one with torch.jit.trace.)
     if torch.compiler.is_compiling():
         return "ONNX export" if torch.onnx.is_in_onnx_export() else "torch.compile"
-    if torch.jit.is_tracing():
+    if torch._C._is_tracing():  # (torch.jit.is_tracing without its Python layer)
         return "ONNX export" if torch.onnx.is_in_onnx_export() else "torch.jit.trace"
     return None
 
@@ -57,9 +58,14 @@ def compute_dtype(model: ref.MobileNetV3, x: torch.Tensor, weight: Optional[torc
     return weight.dtype
 
 
-def make_call(model, x: torch.Tensor) -> Call:
+def make_call(model, x: torch.Tensor, view: Optional[CacheView] = None) -> Call:
+    """The facts about calling `model(x)`; `view`: the cache as read for this call, where the caller
+    has read it (the read costs ~0.1 ms at batch 1)."""
     tracing = _tracing()
-    view = None if tracing else model._plans.view(model, validate=model.validate_cache)
+    if tracing:
+        view = None
+    elif view is None:
+        view = model._plans.view(model, validate=model.validate_cache)
     grad_mode = torch.is_grad_enabled()
     if view is not None:
         weights_grad = grad_mode and view.state.requires_grad
@@ -127,6 +133,10 @@ class Backend:
     """A way to run the model.  Subclasses say why they cannot run a call and run it."""
 
     name = "backend"
+    #: Whether the model may skip choosing (`mnv3_fast.backends.run_shortcut`) for a call like one this
+    #: backend ran: true only where the choice, and what the backend prepares, depend on nothing but the
+    #: model's state (the cache key) and `call_signature`.
+    remembers_calls = False
 
     def not_supported_reasons(self, model, call: Call) -> list[str]:
         raise NotImplementedError

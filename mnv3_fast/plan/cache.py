@@ -78,8 +78,6 @@ _HYPERPARAMETERS_BY_NAME = {kind: tuple(sys.intern(n) for n in names) for kind, 
 # The module types whose output depends on train/eval mode (an activation left in train mode is harmless).
 MODE_SENSITIVE = {nn.BatchNorm2d: True, nn.Dropout: True}
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks")
 
 
 class ModelState(NamedTuple):
@@ -146,8 +144,9 @@ def read_state(model: nn.Module) -> ModelState:
         key, requires_grad, cacheable, hooked, training, keep = _C.model_state(model, _HYPERPARAMETERS_BY_NAME,
                                                                                  MODE_SENSITIVE)
         state = ModelState(key if cacheable else None, requires_grad, hooked, training, keep)
-    if state.hooked is None and any(getattr(_module, name) for name in _GLOBAL_HOOKS):
-        state = state._replace(hooked=model)
+    if state.hooked is None and (_module._global_forward_hooks or _module._global_forward_pre_hooks
+                                 or _module._global_backward_hooks or _module._global_backward_pre_hooks):
+        state = state._replace(hooked=model)  # (global module hooks; spelled out: this runs on every call)
     return state
 
 
@@ -168,7 +167,9 @@ class PlanCache:
     #: "checks": per-state answers of the backends' checks (strings).
     #: "cuda_program": the CUDA backend's prepared weights, one per (dtype, device); "cuda_graph": its
     #: captured CUDA graphs, one per (dtype, input shape and strides, device), each holding its buffers.
-    BOUNDS = {"folded": 4, "cpu_program": 8, "cpu_timing": 64, "cpu_peak": 64, "checks": 8, "cuda_program": 4, "cuda_graph": 4}
+    #: "shortcut": which backend ran a kind of call, per call signature (mnv3_fast.backends.run_shortcut).
+    BOUNDS = {"folded": 4, "cpu_program": 8, "cpu_timing": 64, "cpu_peak": 64, "checks": 8, "cuda_program": 4,
+              "cuda_graph": 4, "shortcut": 16}
     #: Kinds whose entries are big: memory is handed back to the OS when they go.
     BIG = {"cpu_program"}
 
@@ -243,6 +244,14 @@ class CacheView:
 
     def __init__(self, cache: PlanCache, state: ModelState):
         self._cache, self.state = cache, state
+
+    def lookup(self, kind: str, entry):
+        """The cached entry, or None."""
+        return self._cache._get(self.state.key, kind, entry)
+
+    def remember(self, kind: str, entry, value) -> None:
+        """Caches `value` (unless the model changed meanwhile)."""
+        self._cache._put(self.state.key, kind, entry, value)
 
     def get_or_build(self, kind: str, entry, build: Callable[[], Any]):
         """The cached entry, or `build()` (then cached, unless the model changed meanwhile)."""

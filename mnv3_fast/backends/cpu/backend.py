@@ -27,6 +27,7 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 class CpuProgramBackend(Backend):
     name = "cpu_program"
+    remembers_calls = True  # (its checks and programs depend on the model's state and call_signature only)
 
     def not_supported_reasons(self, model, call):
         if call.tracing:  # (first: under tracing the other checks would be traced too)
@@ -59,7 +60,7 @@ class CpuProgramBackend(Backend):
                 params = folded_plan(model, call._replace(dtype=torch.float32)) if call.dtype != torch.float32 else None
                 return encode_program(pack_plan(folded_plan(model, call), list(x.shape), params))
 
-        return call.view.get_or_build("cpu_program", (call.dtype, tuple(x.shape), threads), build)
+        return call.view.get_or_build("cpu_program", (call.dtype, x.shape, threads), build)
 
     def chunks(self, model, x, call) -> int:
         """In how many chunks to run the batch (see `MobileNetV3.cpu_chunk_bytes`)."""
@@ -71,15 +72,17 @@ class CpuProgramBackend(Backend):
         return -(-x.shape[0] // images)
 
     def forward(self, model, x, call):
-        x = x.to(call.dtype)  # (the stem reads any layout)
-        logits = []
-        for part in x.tensor_split(self.chunks(model, x, call)):
-            timing = call.view.get_or_build("cpu_timing", (call.dtype, tuple(part.shape)), ThreadTiming)
-            logits.append(run_timed(timing, lambda threads: self.program(model, part, call, threads),
-                                    lambda program, threads: _run_cpu_program(part, program.tensors,
-                                                                              program.program, threads),
-                                    model.cpu_adaptive_threads))
-        return logits[0] if len(logits) == 1 else torch.cat(logits)
+        x = x if x.dtype == call.dtype else x.to(call.dtype)  # (the stem reads any layout)
+        chunks = self.chunks(model, x, call)
+        if chunks == 1:
+            return self._run(model, x, call)
+        return torch.cat([self._run(model, part, call) for part in x.tensor_split(chunks)])
+
+    def _run(self, model, x, call):
+        timing = call.view.get_or_build("cpu_timing", (call.dtype, x.shape), ThreadTiming)
+        return run_timed(timing, lambda threads: self.program(model, x, call, threads),
+                         lambda program, threads: _run_cpu_program(x, program.tensors, program.program, threads),
+                         model.cpu_adaptive_threads)
 
     def stages(self, model, x, call):
         x = x.to(call.dtype)
