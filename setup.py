@@ -6,10 +6,12 @@ installs and the ops fall back to their PyTorch references, with one warning
 at import.  Set ``MNV3_REQUIRE_EXTENSION=1`` to make a failed build an error.
 
 The kernels use ATen's ``Vectorized`` types.  They are compiled for the widest
-of AVX-512, AVX2+FMA or plain C++ that the building CPU has (like
-``-march=native``: the binary then needs such a CPU; the package checks this at
-import and falls back rather than crash).  ``MNV3_CPU_ARCH=avx512|avx2|generic``
-chooses explicitly.
+of AVX-512 with AVX512-BF16, AVX-512, AVX2+FMA or plain C++ that the building
+CPU has (like ``-march=native``: the binary then needs such a CPU; the package
+checks this at import and falls back rather than crash).
+``MNV3_CPU_ARCH=avx512_bf16|avx512|avx2|generic`` chooses explicitly.
+AVX512-BF16 (Sapphire Rapids, Zen 4) converts fp32 to bf16 in one instruction
+where ATen's vectors take eight; bf16 kernels store through it.
 """
 import os
 import platform
@@ -35,11 +37,14 @@ def _cpu_flags():
     return set()
 
 
-ARCH_FEATURES = {  # what each build target needs from the CPU (as /proc/cpuinfo names it)
+ARCH_FEATURES = {  # what each build target needs from the CPU (as /proc/cpuinfo names it), widest first
+    "avx512_bf16": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "avx2", "fma", "f16c"},
     "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"},
     "avx2": {"avx2", "fma", "f16c"},
 }
 ARCH_FLAGS = {  # ATen's vector headers select their implementation from the CPU_CAPABILITY macros
+    "avx512_bf16": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mavx2", "-mfma", "-mf16c",
+                    "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
     "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],

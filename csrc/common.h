@@ -158,6 +158,19 @@ struct VecIO {
   static void store(scalar_t* p, const Vec& v, int64_t n) { v.store(p, n); }
 };
 
+#if defined(CPU_CAPABILITY_AVX512)
+// fp32 -> bf16, round to nearest even: one instruction where the build has AVX512-BF16 (setup.py's
+// avx512_bf16 target), ATen's eight-instruction integer rounding otherwise.  (The instruction also
+// flushes fp32 denormals, below 1.2e-38, to zero.)
+inline __m256i to_bf16(__m512 v) {
+#if defined(__AVX512BF16__)
+  return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+#else
+  return at::vec::cvtfp32_bf16(v);
+#endif
+}
+#endif
+
 // bf16 memory as fp32 vectors: converted in registers (a widening shift in,
 // round-to-nearest-even out), not element by element through a buffer, which
 // made the bf16 kernels slower than the fp32 ones.
@@ -187,7 +200,7 @@ struct VecIO<c10::BFloat16> {
   }
   static void store(scalar_t* p, const Vec& v) {
 #if defined(CPU_CAPABILITY_AVX512)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_bf16(__m512(v)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(__m512(v)));
 #elif defined(CPU_CAPABILITY_AVX2)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_bf16(__m256(v)));
 #else
@@ -198,7 +211,7 @@ struct VecIO<c10::BFloat16> {
   }
   static void store(scalar_t* p, const Vec& v, int64_t n) {
 #if defined(CPU_CAPABILITY_AVX512)
-    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), at::vec::cvtfp32_bf16(__m512(v)));
+    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), to_bf16(__m512(v)));
 #else
     scalar_t tmp[kSize];
     store(tmp, v);

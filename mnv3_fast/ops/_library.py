@@ -75,7 +75,8 @@ def _load_extension() -> str | None:
     # A binary built against another torch can crash on load; refuse it instead.
     if info.TORCH_VERSION != torch.__version__:
         return f"mnv3_fast._C was built against torch {info.TORCH_VERSION}, but torch {torch.__version__} is installed"
-    needs = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma"}}
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma"}
+    needs = {"avx2": {"avx2", "fma"}, "avx512": avx512, "avx512_bf16": avx512 | {"avx512_bf16"}}
     if not cpu_has(needs.get(info.CPU_ARCH, set()), unknown=True):  # (unknown: trust the build)
         return f"mnv3_fast._C was built for {info.CPU_ARCH.upper()}, which this CPU lacks"
     try:
