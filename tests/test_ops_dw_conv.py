@@ -65,7 +65,10 @@ def test_mobilenet_layer_shapes(target, dtype, poison_outputs, layer, memory_for
 def test_every_configuration(target, dtype, poison_outputs, k, stride, dilation, act, memory_format):
     if target.tiny and dtype != torch.float32 and (act != "hswish" or k != 5):
         pytest.skip("the interpreter: half precisions on one configuration per layout (the tiles are the same)")
-    for N, C, H, W in [(1, 8, 7, 13), (3, 13, 12, 9)]:  # batch 1 and > 1, odd sizes, C not a multiple of 8
+    sizes = [(1, 8, 7, 13), (3, 13, 12, 9)]  # batch 1 and > 1, odd sizes, C not a multiple of 8
+    if not target.tiny:
+        sizes.append((1, 20, 3, 61))  # rows of several blocks and segments (the CPU kernel's units), a partial last
+    for N, C, H, W in sizes:
         x, w, b = make_args(N, C, H, W, k, dtype, memory_format, seed=N + k)
         check_on(target, x, w, b, stride, dilation, act)
 
