@@ -42,7 +42,7 @@ class MobileNetV3(ref.MobileNetV3):
     cpu_adaptive_threads: bool = True
     #: Every call re-reads the model's state (modules, hyperparameters, parameters and buffers: their
     #: identity, version and, on the CPU, content) so that no cached fold is ever stale; measured on a
-    #: 2-vCPU Xeon, 0.15-0.25 ms per call after a forward has cooled the caches (~6% of Small at batch
+    #: 2-vCPU Xeon, 0.1-0.15 ms per call after a forward has cooled the caches (~6% of Small at batch
     #: 1).  False skips it: only for a model that no longer changes (deployment); after a change, call
     #: clear_fused_cache().
     validate_cache: bool = True
