@@ -14,9 +14,9 @@ three probes, ~200 calls, to outvote the old samples).  On a quiet machine that
 costs one slower call in `PROBE_EVERY`.  The first call on each setting is not
 counted: it runs cold (oneDNN generates its kernels, pages are first touched),
 and counting it made `benchmarks/run.py` keep Large bf16 batch 1 on one thread
-(4.3 ms a call) where two took 2.5 ms, for most of a cell.  The choice applies to that call's
-parallel regions only (OpenMP's per-thread setting): torch's own setting is
-left alone.
+(3.7 ms a call) where two took 2.3-2.5 ms, for most of a cell.  The choice
+applies to that call's parallel regions only (OpenMP's per-thread setting):
+torch's own setting is left alone.
 
 A program is packed for the thread count it runs on: oneDNN picks the blocked
 layout of a conv's weights by the number of threads, and a conv that finds its
