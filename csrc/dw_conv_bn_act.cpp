@@ -292,17 +292,21 @@ template <Act A, Act InA, typename In, typename Out>
 void run_dw_nhwc(const typename In::scalar_t* xp, const typename In::acc_t* wp, const typename In::acc_t* bp,
                  typename Out::scalar_t* op, const Geometry& g, const In& in_io, const Out& out_io,
                  typename In::scalar_t pad) {
-  if (g.dil == 1) {
-    if (g.K == 3 && g.stride == 1) dw_nhwc_d1<3, 1, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
-    else if (g.K == 3) dw_nhwc_d1<3, 2, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
-    else if (g.stride == 1) dw_nhwc_d1<5, 1, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
-    else dw_nhwc_d1<5, 2, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
-    return;
-  }
-  if (g.K == 3 && g.stride == 1) dw_nhwc<3, 1, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
-  else if (g.K == 3) dw_nhwc<3, 2, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
-  else if (g.stride == 1) dw_nhwc<5, 1, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
-  else dw_nhwc<5, 2, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
+  auto run = [&](auto kernel, auto stride) {
+    constexpr int K = decltype(kernel)::value, S = decltype(stride)::value;
+    if (g.dil == 1)
+      dw_nhwc_d1<K, S, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
+    else
+      dw_nhwc<K, S, A, InA>(xp, wp, bp, op, g, in_io, out_io, pad);
+  };
+  using Three = std::integral_constant<int, 3>;
+  using Five = std::integral_constant<int, 5>;
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  if (g.K == 3)
+    g.stride == 1 ? run(Three{}, One{}) : run(Three{}, Two{});
+  else
+    g.stride == 1 ? run(Five{}, One{}) : run(Five{}, Two{});
 }
 
 // ------------------------------------------------------------------ op

@@ -255,10 +255,10 @@ class CacheView:
 
     def get_or_build(self, kind: str, entry, build: Callable[[], Any]):
         """The cached entry, or `build()` (then cached, unless the model changed meanwhile)."""
-        value = self._cache._get(self.state.key, kind, entry)
+        value = self.lookup(kind, entry)
         if value is None:
             value = build()
-            self._cache._put(self.state.key, kind, entry, value)
+            self.remember(kind, entry, value)
         return value
 
 
