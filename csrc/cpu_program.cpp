@@ -311,7 +311,8 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
       default: break;
     }
   }
-  return x;
+  // The logits in x's dtype: a float32 image into a bfloat16 program (STEM reads it as it is).
+  return x.scalar_type() == x_in.scalar_type() ? x : x.to(x_in.scalar_type());
 }
 
 // Runs the program's parallel regions (ours and oneDNN's) on `threads` OpenMP

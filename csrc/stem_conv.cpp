@@ -95,7 +95,14 @@ void stem_kernel(const float* x, const float* w, const float* b, typename Out::s
 Tensor stem_conv_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, int64_t stride,
                      int64_t padding, int64_t act, double out_scale, int64_t out_zp) {
   check_rank4(kOp, x);
-  check_same(kOp, x, "weight", weight);
+  // The output takes the weight's dtype: a float32 image may enter a bfloat16 program (autocast), read as
+  // it is, which saves converting it twice (to bfloat16 before the program, back to float32 here).
+  const bool float_image = x.scalar_type() == at::kFloat && weight.scalar_type() == at::kBFloat16;
+  TORCH_CHECK_VALUE(weight.device() == x.device(), kOp, ": expected weight on the same device as x (", x.device(),
+                    "), got ", weight.device());
+  TORCH_CHECK_TYPE(float_image || weight.scalar_type() == x.scalar_type(), kOp,
+                   ": expected weight to have the same dtype as x (", x.scalar_type(),
+                   ", or bfloat16 for a float32 x), got ", weight.scalar_type());
   const int64_t Ci = x.size(1);
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == Ci && weight.size(2) == weight.size(3), kOp,
                     ": expected weight of shape (C_out, ", Ci, ", k, k) for an input with ", Ci, " channels, got ",
@@ -114,7 +121,10 @@ Tensor stem_conv_cpu(const Tensor& x, const Tensor& weight, const std::optional<
   TORCH_CHECK_VALUE(g.Ho > 0 && g.Wo > 0, kOp, ": input of spatial size ", g.H, "x", g.W, " is too small for a ", K,
                     "x", K, " kernel with padding ", padding);
   if (bias.has_value()) {
-    check_same(kOp, x, "bias", *bias);
+    TORCH_CHECK_VALUE(bias->device() == x.device(), kOp, ": expected bias on the same device as x (", x.device(),
+                      "), got ", bias->device());
+    TORCH_CHECK_TYPE(bias->scalar_type() == weight.scalar_type(), kOp, ": expected bias to have the weight's dtype (",
+                     weight.scalar_type(), "), got ", bias->scalar_type());
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == g.Co, kOp, ": expected bias of shape (", g.Co, "), got ",
                       shape_str(*bias));
   }
@@ -122,14 +132,14 @@ Tensor stem_conv_cpu(const Tensor& x, const Tensor& weight, const std::optional<
                     out_scale, ", zero point ", out_zp, ")");
   const bool quantized_out = out_scale > 0;  // the int8 program's QSTEM: a uint8 output
   Tensor out = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options()
-                                                     .dtype(quantized_out ? at::kByte : x.scalar_type())
+                                                     .dtype(quantized_out ? at::kByte : weight.scalar_type())
                                                      .memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
 
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, kOp,
                    ": expected float32 or bfloat16, got ", x.scalar_type());
   auto run = [&](auto type_tag) {
-    using scalar_t = decltype(type_tag);  // the output's
+    using scalar_t = decltype(type_tag);  // the output's (unless quantized)
     constexpr int64_t V = VecIO<scalar_t>::kSize;
     g.CoPadded = (g.Co + V - 1) / V * V;
     const Tensor wf = weight.to(at::kFloat).contiguous();
@@ -161,7 +171,7 @@ Tensor stem_conv_cpu(const Tensor& x, const Tensor& weight, const std::optional<
     else
       with_output(out.mutable_data_ptr<scalar_t>(), VecIO<scalar_t>());
   };
-  if (x.scalar_type() == at::kFloat) run(float());
+  if (weight.scalar_type() == at::kFloat) run(float());
   else run(at::BFloat16());
   return out;
 }

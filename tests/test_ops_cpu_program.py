@@ -87,6 +87,28 @@ def test_bfloat16(run, fp32_params):
 
 
 @needs_onednn_bf16
+@pytest.mark.parametrize("run", [cp.run_cpu_program, cp.run_cpu_program_reference], ids=["op", "interpreter"])
+def test_float32_image_into_a_bfloat16_program(run, poison_outputs):
+    """bf16 autocast hands the program a float32 image: STEM reads it as it is and writes bf16 (computed in
+    fp32, rounded once), the rest runs in bf16, and the logits come back in x's dtype."""
+    x, tensors, program, expected = every_instruction(dtype=torch.float32, W=41)
+    _, bf16, _, _ = every_instruction(dtype=torch.bfloat16)
+    out = run(x, bf16, program)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)
+    # STEM alone (an identity LINEAR after the pool): one bf16 rounding of the float32 conv, every pixel.
+    C, stem = 12, [cp.STEM, 0, 1, 1, 1, 2, cp.POOL, cp.LINEAR, 2, -1, 0, 12]
+    w, b = tensors[0].to(torch.bfloat16), tensors[1].to(torch.bfloat16)
+    for image in (x, x.contiguous(), randn(3, 3, 15, 20)[:, :, 2:-1, 3:]):
+        conv = F.hardswish(F.conv2d(image.double(), w.double(), b.double(), 1, 1))
+        y = run(image, [w, b, torch.eye(C, dtype=torch.bfloat16)], stem)
+        torch.testing.assert_close(y.double(), conv.to(torch.bfloat16).double().mean(dim=(2, 3)),
+                                   rtol=2**-7, atol=2**-7)
+    with pytest.raises(TypeError, match="expected weight to have the same dtype as x"):  # (not the other way)
+        cp.run_cpu_program(x.to(torch.bfloat16), tensors, program)
+
+
+@needs_onednn_bf16
 def test_bfloat16_pool_accumulates_in_float32():
     """POOL over a bf16 map: a 1/(H*W) mean of many values, each bf16, summed in fp32 (a bf16 sum
     would lose the small terms)."""

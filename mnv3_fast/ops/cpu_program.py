@@ -32,7 +32,9 @@ of truth:
                                            PWCONV's with its float32 bias required)
     STEM   weight bias stride pad act      a conv over few input channels (the image),
                                            computed directly; any input layout in,
-                                           channels_last out
+                                           channels_last out, in the weight's dtype (a
+                                           float32 image may enter a bfloat16 program;
+                                           the logits come back in x's dtype)
     PWCONV weight bias act res             a 1x1 conv, stride 1 (csrc/pointwise_conv.cpp:
                                            register tiles for fp32 on AVX-512, oneDNN's brgemm
                                            micro-kernel otherwise): act, then
@@ -241,7 +243,12 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
             x = y.to(x.dtype).contiguous(memory_format=torch.channels_last)
         elif op == STEM:
             weight, bias, stride, pad, act = a
-            x = F.conv2d(x, tensors[weight], tensor(bias), stride, pad).contiguous(memory_format=torch.channels_last)
+            w = tensors[weight]
+            if x.dtype != w.dtype:  # a float32 image into a bfloat16 program: in float32, rounded once
+                y = activation(F.conv2d(x, w.float(), _float(tensor(bias)), stride, pad), ACTS[act])
+                x = y.to(w.dtype).contiguous(memory_format=torch.channels_last)
+                continue
+            x = F.conv2d(x, w, tensor(bias), stride, pad).contiguous(memory_format=torch.channels_last)
             x = activation(x, ACTS[act])
         elif op == DW:
             weight, bias, stride, pad, dilation, act = a
@@ -301,7 +308,7 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
         elif op == QPOOL:
             s, zp = tensors[a[0]].tolist()
             x = dequantize(x, s, zp).mean(dim=(2, 3))
-    return x
+    return x if x.dtype == x_in.dtype else x.to(x_in.dtype)  # (the logits in x's dtype)
 
 
 # ---------------------------------------------------------------- int8 helpers

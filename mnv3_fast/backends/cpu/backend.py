@@ -68,15 +68,19 @@ class CpuProgramBackend(Backend):
             return 1
         peak = call.view.get_or_build("cpu_peak", tuple(x.shape[1:]),
                                       lambda: activation_peak(folded_plan(model, call), list(x.shape[1:])))
-        images = max(1, model.cpu_chunk_bytes // (peak * x.element_size()))
+        images = max(1, model.cpu_chunk_bytes // (peak * call.dtype.itemsize))
         return -(-x.shape[0] // images)
 
     def forward(self, model, x, call):
-        x = x if x.dtype == call.dtype else x.to(call.dtype)  # (the stem reads any layout)
+        # The stem reads any layout, and a float32 image as it is (bfloat16 autocast): no conversion pass.
+        if x.dtype != call.dtype and x.dtype != torch.float32:
+            x = x.to(call.dtype)
         chunks = self.chunks(model, x, call)
         if chunks == 1:
-            return self._run(model, x, call)
-        return torch.cat([self._run(model, part, call) for part in x.tensor_split(chunks)])
+            y = self._run(model, x, call)
+        else:
+            y = torch.cat([self._run(model, part, call) for part in x.tensor_split(chunks)])
+        return y if y.dtype == call.dtype else y.to(call.dtype)  # (the program answers in x's dtype)
 
     def _run(self, model, x, call):
         timing = call.view.get_or_build("cpu_timing", (call.dtype, x.shape), ThreadTiming)
