@@ -1,6 +1,6 @@
 // mnv3::squeeze_excite: y = x * hsigmoid(W2 relu(W1 mean_hw(x) + b1) + b2).
-// One op, two passes over x: a vectorized pool, the two small matrix-vector
-// products per sample (in fp32, or fp64 for fp64 inputs), then the gated scale.
+// One op, two passes over x: a vectorized pool, the two small matrix products over the batch's
+// pooled vectors (in fp32, or fp64 for fp64 inputs), then the gated scale.
 #include "common.h"
 #include "ops.h"
 
@@ -26,6 +26,46 @@ T dot(const W* a, const T* b, int64_t n) {
   for (; i + V <= n; i += V) acc0 = at::vec::fmadd(IO::load(a + i), Vec::loadu(b + i), acc0);
   if (i < n) acc1 = at::vec::fmadd(IO::load(a + i, n - i), Vec::loadu(b + i, n - i), acc1);  // zero-filled tail
   return hsum(acc0 + acc1);
+}
+
+// a (weights) . b_j for the NB vectors b_j = b + j * ldb: each weight vector is loaded (and converted from
+// bf16) once for all NB samples.
+template <int NB, typename T, typename W>
+void dots(const W* a, const T* b, int64_t ldb, int64_t n, T* out) {
+  if constexpr (NB == 1) {
+    out[0] = dot<T>(a, b, n);  // (two accumulators: one chain would wait on the FMA latency)
+  } else {
+    using IO = VecIO<W>;
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t V = Vec::size();
+    Vec acc[NB];
+    for (int j = 0; j < NB; ++j) acc[j] = Vec(T(0));
+    int64_t i = 0;
+    for (; i + V <= n; i += V) {
+      const Vec av = IO::load(a + i);
+      for (int j = 0; j < NB; ++j) acc[j] = at::vec::fmadd(av, Vec::loadu(b + j * ldb + i), acc[j]);
+    }
+    if (i < n) {  // zero-filled tail
+      const Vec av = IO::load(a + i, n - i);
+      for (int j = 0; j < NB; ++j) acc[j] = at::vec::fmadd(av, Vec::loadu(b + j * ldb + i, n - i), acc[j]);
+    }
+    for (int j = 0; j < NB; ++j) out[j] = hsum(acc[j]);
+  }
+}
+
+// out[j * ldo] = a . b_j for samples j < nb, in blocks of up to 4 samples.
+template <typename T, typename W>
+void dots(const W* a, const T* b, int64_t ldb, int64_t nb, int64_t n, T* out, int64_t ldo) {
+  for (int64_t j0 = 0; j0 < nb; j0 += 4) {
+    T d[4];
+    switch (std::min<int64_t>(4, nb - j0)) {
+      case 4: dots<4>(a, b + j0 * ldb, ldb, n, d); break;
+      case 3: dots<3>(a, b + j0 * ldb, ldb, n, d); break;
+      case 2: dots<2>(a, b + j0 * ldb, ldb, n, d); break;
+      default: dots<1>(a, b + j0 * ldb, ldb, n, d); break;
+    }
+    for (int64_t j = j0; j < std::min<int64_t>(nb, j0 + 4); ++j) out[j * ldo] = d[j - j0];
+  }
 }
 
 // A (rows, cols) matrix, or its (rows, cols, 1, 1) 1x1-conv form (the same values in the same order).
@@ -108,32 +148,24 @@ void se_kernel(const Tensor& x, const W* w1p, const at::opmath_type<scalar_t>* b
   // 1. Pool.
   channel_means<VecIO<scalar_t>>(x, channels_last, gate.data());
 
-  // 2. The excitation: two small matrix-vector products per sample.  With
-  // fewer samples than threads (batch 1), the rows are split across threads
-  // instead: reading W1 and W2 is most of the work there.
+  // 2. The excitation: two small matrix products, W1 (S, C) and W2 (C, S) times the N samples.  Threads
+  // take ranges of rows, and each row meets all samples while it is loaded: W1 and W2 are read once,
+  // however large the batch (per sample, in batch-sized tasks, they were read N times and were most of
+  // the SE's time at batch 8).
   std::vector<acc_t> hidden(N * S);
-  auto squeeze_rows = [&](int64_t n, int64_t s0, int64_t s1) {
-    for (int64_t s = s0; s < s1; ++s)
-      hidden[n * S + s] = std::max(dot<acc_t>(w1p + s * C, gate.data() + n * C, C) + b1p[s], acc_t(0));
-  };
-  auto excite_rows = [&](int64_t n, int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c)
-      gate[n * C + c] = hsigmoid_scalar(dot<acc_t>(w2p + c * S, hidden.data() + n * S, S) + b2p[c]);
-  };
-  if (N >= at::get_num_threads()) {
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        squeeze_rows(n, 0, S);
-        excite_rows(n, 0, C);
-      }
-    });
-  } else {
-    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C));  // rows of ~4K MACs per task
-    for (int64_t n = 0; n < N; ++n) {
-      at::parallel_for(0, S, grain, [&](int64_t s0, int64_t s1) { squeeze_rows(n, s0, s1); });
-      at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) { excite_rows(n, c0, c1); });
+  auto grain = [N](int64_t row) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, row * N)); };  // ~4K MACs
+  at::parallel_for(0, S, grain(C), [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      dots(w1p + s * C, gate.data(), C, N, C, hidden.data() + s, S);
+      for (int64_t n = 0; n < N; ++n) hidden[n * S + s] = std::max(hidden[n * S + s] + b1p[s], acc_t(0));
     }
-  }
+  });
+  at::parallel_for(0, C, grain(S), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      dots(w2p + c * S, hidden.data(), S, N, S, gate.data() + c, C);
+      for (int64_t n = 0; n < N; ++n) gate[n * C + c] = hsigmoid_scalar(gate[n * C + c] + b2p[c]);
+    }
+  });
 
   // 3. Scale.
   if (!channels_last) {
