@@ -21,10 +21,18 @@ def drive(timing, cost, calls, all_threads=2):
 
 def test_quiet_machine_stays_on_all_threads_but_probes():
     chosen = drive(ThreadTiming(), lambda t, _: {2: 1.0, 1: 1.8}[t], 400)
-    first = ThreadTiming.COLD_CALLS + ThreadTiming.MIN_SAMPLES  # a few calls at each setting first
-    assert chosen[:first] == [2] * first and chosen[first:2 * first] == [1] * first
-    ones = chosen[2 * first:].count(1)
+    first = ThreadTiming.COLD_CALLS + ThreadTiming.MIN_SAMPLES  # a few calls on all threads first
+    one = ThreadTiming.COLD_CALLS + 1  # then one thread until a counted call loses by far (1.8 > 1.3 x 1.0)
+    assert chosen[:first] == [2] * first and chosen[first:first + one + 1] == [1] * one + [2]
+    ones = chosen[first + one:].count(1)
     assert 0 < ones <= 400 // ThreadTiming.PROBE_EVERY + 1  # then one probe in PROBE_EVERY
+
+
+def test_a_close_call_is_sampled_fully():
+    chosen = drive(ThreadTiming(), lambda t, _: {2: 1.0, 1: 1.2}[t], 40)
+    first = ThreadTiming.COLD_CALLS + ThreadTiming.MIN_SAMPLES
+    assert chosen[:2 * first] == [2] * first + [1] * first  # (1.2 is within CLEAR_LOSS: MIN_SAMPLES each)
+    assert chosen[2 * first:] == [2] * (40 - 2 * first)
 
 
 def test_a_busy_core_moves_it_to_one_thread_within_a_few_calls():
