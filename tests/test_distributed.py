@@ -197,8 +197,12 @@ def test_distributed_checkpoint_loads_into_fast_model_and_reference(work, two_ra
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = ref(x)
-        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(plain(x), expected, rtol=1e-4, atol=1e-4)
+        # (a few steps of fine-tuning can leave logits in the thousands, where fp32's own error on a logit
+        # near zero is ~1e-2: the tolerance scales with the largest logit; the reference's error against
+        # float64 was as large as mnv3_fast's in the checkpoints that failed a fixed 1e-4)
+        atol = 1e-4 * max(1.0, expected.abs().max().item())
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=atol)
+        torch.testing.assert_close(plain(x), expected, rtol=1e-4, atol=atol)
     assert _state(path)["classes"] == list(CLASSES)
 
 
