@@ -174,9 +174,10 @@ def _torch_threads(threads):
     return (lambda: torch.set_num_threads(threads)) if threads else None
 
 
-def _torch_engine(name, model, dtype, memory_format, precision, threads, notes=()):
+def _torch_engine(name, model, dtype, memory_format, precision, threads, notes=(), autocast=False):
+    """`model` on the images in dtype and memory_format (autocast: under CPU bf16 autocast)."""
     def run(x):
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
             return model(x.to(dtype=dtype, memory_format=memory_format))
 
     return Engine(name, run, precision, threads, notes=list(notes), prepare=_torch_threads(threads))
@@ -214,12 +215,8 @@ def fast(models, precision, threads, memory_format=torch.contiguous_format, name
         # same float32 image).  The program's stem reads the float32 image; model.to(bf16) with x.to(bf16)
         # per call was 3-20% slower (Xeon, AMX, 2026-11-30: the image converted twice).
         model = _cast(mnv3_fast.convert(models.reference), torch.float32, memory_format)
-
-        def run(x):
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
-                return model(x.to(memory_format=memory_format))
-
-        return Engine(name, run, "bf16 autocast", threads, notes=notes, prepare=_torch_threads(threads))
+        return _torch_engine(name, model, torch.float32, memory_format, "bf16 autocast", threads, notes,
+                             autocast=True)
     dtype = DTYPES[precision]
     model = _cast(mnv3_fast.convert(models.reference), dtype, memory_format).cuda_graphs(graphs)
     return _torch_engine(name, model, dtype, memory_format, precision, threads, notes)

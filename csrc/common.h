@@ -49,9 +49,13 @@ inline void check_floating(const char* op, const char* name, const Tensor& t) {
               " to be float32, float64 or bfloat16 on the CPU, got ", dt);
 }
 
-inline void check_same(const char* op, const Tensor& x, const char* name, const Tensor& t) {
+inline void check_device(const char* op, const Tensor& x, const char* name, const Tensor& t) {
   TORCH_CHECK_VALUE(t.device() == x.device(), op, ": expected ", name, " on the same device as x (", x.device(), "), got ",
               t.device());
+}
+
+inline void check_same(const char* op, const Tensor& x, const char* name, const Tensor& t) {
+  check_device(op, x, name, t);
   TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": expected ", name, " to have the same dtype as x (",
               x.scalar_type(), "), got ", t.scalar_type());
 }
@@ -301,8 +305,7 @@ const acc_t* acc_data(const Tensor& t, std::vector<acc_t>& storage) {
 // program's choice: more precise, and no conversion on every call).
 inline void check_param(const char* op, const Tensor& x, const char* name, const Tensor& t, bool fp32_params) {
   if (fp32_params && x.scalar_type() == at::kBFloat16 && t.scalar_type() == at::kFloat) {
-    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": expected ", name, " on the same device as x (", x.device(),
-                      "), got ", t.device());
+    check_device(op, x, name, t);
     return;
   }
   check_same(op, x, name, t);

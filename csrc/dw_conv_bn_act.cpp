@@ -110,6 +110,20 @@ void dw_nchw(const Tensor& x, const at::opmath_type<scalar_t>* wp, const at::opm
 
 // ------------------------------------------------------------------ NHWC
 
+// What both NHWC kernels share: rows of output pixels per parallel task (~16K MACs each), and `pad` as a
+// vector of the input (what a tap in the padding reads).
+template <int K>
+int64_t nhwc_row_grain(const Geometry& g) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.Wo * g.C * K * K));
+}
+
+template <typename In>
+typename In::Vec padding_vector(const In& in_io, typename In::scalar_t pad) {
+  typename In::scalar_t padding[In::kSize];
+  std::fill(padding, padding + In::kSize, pad);
+  return in_io.load(padding);
+}
+
 // InA: an activation applied to each input as it is loaded (ReLU or None),
 // so that a preceding conv's ReLU needs no pass of its own (run_cpu_program).
 // In / Out: how x is loaded and the output stored (VecIO<float/bf16/double>, or
@@ -126,7 +140,7 @@ void dw_nhwc(const typename In::scalar_t* xp, const typename In::acc_t* wp, cons
   constexpr int64_t V = In::kSize;
   const int64_t C = g.C, d = g.dil;
   const int64_t pad_px = g.pad;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.Wo * C * K * K));
+  const int64_t grain = nhwc_row_grain<K>(g);
 
   // Dilated convs (dilation 1 runs dw_nhwc_d1).  Output pixels go kBlock at a
   // time: for each (pixel, kernel column) the input column's offset, or
@@ -146,8 +160,7 @@ void dw_nhwc(const typename In::scalar_t* xp, const typename In::acc_t* wp, cons
       }
     interior[b] = all;
   }
-  const std::vector<scalar_t> padding(V, pad);
-  const Vec pad_vec = in_io.load(padding.data());
+  const Vec pad_vec = padding_vector(in_io, pad);
   const bool pad_reads_nonzero = pad != scalar_t(0);
 
   at::parallel_for(0, g.N * g.Ho, grain, [&](int64_t begin, int64_t end) {
@@ -197,7 +210,7 @@ void dw_nhwc(const typename In::scalar_t* xp, const typename In::acc_t* wp, cons
                 MNV3_UNROLL(4)
                 for (int j = 0; j < kBlock; ++j) {
                   const int64_t off = cb[j * K + kw];
-                  const Vec xi = in_io.load(off >= 0 ? in + off : padding.data(), m);
+                  const Vec xi = off >= 0 ? in_io.load(in + off, m) : pad_vec;  // (lanes past m: not stored)
                   acc[j] = at::vec::fmadd(apply_act<InA>(xi), wv[kh * K + kw], acc[j]);
                 }
             }
@@ -229,13 +242,12 @@ void dw_nhwc_d1(const typename In::scalar_t* xp, const typename In::acc_t* wp, c
   constexpr int B = kBlockD1;
   constexpr int64_t V = In::kSize;
   const int64_t C = g.C, pad_px = g.pad;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.Wo * C * K * K));
+  const int64_t grain = nhwc_row_grain<K>(g);
   const int64_t blocks = (g.Wo + B - 1) / B;
   // Blocks per segment: every channel chunk runs over a segment before the next, so the segment's input
   // (K rows of (segment * B - 1) * S + K pixels) stays in L1 across the chunks.
   const int64_t segment = std::max<int64_t>(1, kSegmentInputPixels / (B * S));
-  const std::vector<scalar_t> padding(V, pad);
-  const Vec pad_vec = in_io.load(padding.data());
+  const Vec pad_vec = padding_vector(in_io, pad);
   const bool pad_reads_nonzero = pad != scalar_t(0);
 
   at::parallel_for(0, g.N * g.Ho, grain, [&](int64_t begin, int64_t end) {

@@ -98,8 +98,7 @@ Tensor stem_conv_cpu(const Tensor& x, const Tensor& weight, const std::optional<
   // The output takes the weight's dtype: a float32 image may enter a bfloat16 program (autocast), read as
   // it is, which saves converting it twice (to bfloat16 before the program, back to float32 here).
   const bool float_image = x.scalar_type() == at::kFloat && weight.scalar_type() == at::kBFloat16;
-  TORCH_CHECK_VALUE(weight.device() == x.device(), kOp, ": expected weight on the same device as x (", x.device(),
-                    "), got ", weight.device());
+  check_device(kOp, x, "weight", weight);
   TORCH_CHECK_TYPE(float_image || weight.scalar_type() == x.scalar_type(), kOp,
                    ": expected weight to have the same dtype as x (", x.scalar_type(),
                    ", or bfloat16 for a float32 x), got ", weight.scalar_type());
@@ -121,8 +120,7 @@ Tensor stem_conv_cpu(const Tensor& x, const Tensor& weight, const std::optional<
   TORCH_CHECK_VALUE(g.Ho > 0 && g.Wo > 0, kOp, ": input of spatial size ", g.H, "x", g.W, " is too small for a ", K,
                     "x", K, " kernel with padding ", padding);
   if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->device() == x.device(), kOp, ": expected bias on the same device as x (", x.device(),
-                      "), got ", bias->device());
+    check_device(kOp, x, "bias", *bias);
     TORCH_CHECK_TYPE(bias->scalar_type() == weight.scalar_type(), kOp, ": expected bias to have the weight's dtype (",
                      weight.scalar_type(), "), got ", bias->scalar_type());
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == g.Co, kOp, ": expected bias of shape (", g.Co, "), got ",

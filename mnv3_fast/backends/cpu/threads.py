@@ -16,9 +16,10 @@ counted: it runs cold (oneDNN generates its kernels, pages are first touched),
 and counting it made `benchmarks/run.py` keep Large bf16 batch 1 on one thread
 (3.7 ms a call) where two took 2.3-2.5 ms, for most of a cell.  The choice
 applies to that call's parallel regions only (OpenMP's per-thread setting):
-torch's own setting is left alone.  At the start each setting runs a few calls, except that one
-thread stops as soon as its counted calls all lost by far (`CLEAR_LOSS`): at batch 32 each exploring
-call is a whole batch at up to twice the time.
+torch's own setting is left alone.  At the start each setting runs a few calls,
+except that one thread stops as soon as its counted calls all lost by far
+(`CLEAR_LOSS`): at batch 32 each exploring call is a whole batch at up to twice
+the time.
 
 A program is packed for the thread count it runs on: oneDNN picks the blocked
 layout of a conv's weights by the number of threads, and a conv that finds its
@@ -46,7 +47,7 @@ class ThreadTiming:
     MIN_SAMPLES = 3
     STALL = 4.0  # a call this many times slower than usual triggers a probe at once
     COLD_CALLS = 1  # calls on each setting that are not counted (the first runs cold)
-    CLEAR_LOSS = 1.3  # a first one-thread call this much slower than all threads' median ends the exploration
+    CLEAR_LOSS = 1.3  # one thread's exploration ends once all its counted calls were this much slower
 
     def __init__(self):
         self.times: dict[int, deque] = {}
@@ -64,9 +65,11 @@ class ThreadTiming:
         if all_threads <= 1:
             return all_threads
         self.calls += 1
-        for threads in (all_threads, 1):  # first a few calls at each setting
-            if len(self.times.get(threads, ())) < self.MIN_SAMPLES and not self._clearly_slower(1, all_threads):
-                return threads
+        # First a few calls at each setting (one thread's cut short where it clearly loses).
+        if len(self.times.get(all_threads, ())) < self.MIN_SAMPLES:
+            return all_threads
+        if len(self.times.get(1, ())) < self.MIN_SAMPLES and not self._clearly_slower(1, all_threads):
+            return 1
         best = self.best = 1 if self._median(1) < self._median(all_threads) else all_threads
         if self.probe_next or self.calls % self.PROBE_EVERY == 0:
             self.probe_next = False
