@@ -145,28 +145,44 @@ void run_register_tiles(const float* x, const float* w, const float* bias, const
 }
 #endif
 
-// float32 / bfloat16: y = act(acc + bias) (+ residual).
+// A brgemm tile's epilogue: y[i, j] = act(acc[i, j] + bias[j]) (+ res[i, j]) for `rows` x `nv` outputs
+// (rows of y and res `ld` apart, of acc kBlockN apart), a vector of channels at a time over all rows, its
+// bias loaded once.  (A plain function, not the tile loop's lambda: there every row reloaded the captured
+// pointers, since the stores may alias them; that made the epilogue cost 2/3 as much as the AMX kernel.)
 template <typename T, Act A>
-void run_tiles(const T* x, const T* w, const float* bias, const T* res, T* y, int64_t M, int64_t N, int64_t K) {
+inline void store_tile(const float* __restrict acc, int64_t rows, int64_t nv, const float* __restrict bias,
+                       const T* __restrict res, T* __restrict y, int64_t ld) {
   using IO = VecIO<T>;
   using Vec = typename IO::Vec;
   constexpr int64_t V = IO::kSize;
+  for (int64_t j = 0; j < nv; j += V) {
+    const int64_t n = std::min(V, nv - j);
+    const Vec b = Vec::loadu(bias + j, n);
+    if (n == V) {
+      for (int64_t i = 0; i < rows; ++i) {
+        Vec v = apply_act<A>(Vec::loadu(acc + i * kBlockN + j) + b);
+        if (res) v = v + IO::load(res + i * ld + j);
+        IO::store(y + i * ld + j, v);
+      }
+    } else {
+      for (int64_t i = 0; i < rows; ++i) {
+        Vec v = apply_act<A>(Vec::loadu(acc + i * kBlockN + j) + b);
+        if (res) v = v + IO::load(res + i * ld + j, n);
+        IO::store(y + i * ld + j, v, n);
+      }
+    }
+  }
+}
+
+// float32 / bfloat16: y = act(acc + bias) (+ residual).
+template <typename T, Act A>
+void run_tiles(const T* x, const T* w, const float* bias, const T* res, T* y, int64_t M, int64_t N, int64_t K) {
   constexpr bool vnni = !std::is_same_v<T, float>;  // bf16: AMX, the weight in VNNI order
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (!vnni) return run_register_tiles<A>(x, w, bias, res, y, M, N, K);
 #endif
   for_each_tile<float>(x, w, M, N, K, vnni, [&](const float* acc, int64_t m0, int64_t n0, int64_t rows, int64_t nv) {
-    for (int64_t i = 0; i < rows; ++i) {
-      const float* a = acc + i * kBlockN;
-      T* out = y + (m0 + i) * N + n0;
-      const T* r = res ? res + (m0 + i) * N + n0 : nullptr;
-      for (int64_t j = 0; j < nv; j += V) {
-        const int64_t n = std::min(V, nv - j);
-        Vec v = apply_act<A>(Vec::loadu(a + j) + Vec::loadu(bias + n0 + j, n));
-        if (r) v = v + (n == V ? IO::load(r + j) : IO::load(r + j, n));
-        n == V ? IO::store(out + j, v) : IO::store(out + j, v, n);
-      }
-    }
+    store_tile<T, A>(acc, rows, nv, bias + n0, res ? res + m0 * N + n0 : nullptr, y + m0 * N + n0, N);
   });
 }
 
@@ -182,6 +198,26 @@ inline at::vec::Vectorized<float> int32_as_float(const int32_t* p, int64_t n) {
 #endif
 }
 
+// store_tile's int8 twin: y = act(acc * scale + shift) (+ the dequantized residual), stored through `out`.
+template <Act A, typename Out>
+inline void store_tile_int8(const int32_t* __restrict acc, int64_t rows, int64_t nv, const float* __restrict scale,
+                            const float* __restrict shift, const uint8_t* __restrict res, float res_scale,
+                            float res_zp, typename Out::scalar_t* __restrict y, int64_t ld, const Out out) {
+  using Vec = at::vec::Vectorized<float>;
+  constexpr int64_t V = Vec::size();
+  const U8IO res_io;
+  for (int64_t j = 0; j < nv; j += V) {
+    const int64_t n = std::min(V, nv - j);
+    const Vec s = Vec::loadu(scale + j, n), b = Vec::loadu(shift + j, n);
+    for (int64_t i = 0; i < rows; ++i) {
+      Vec v = apply_act<A>(at::vec::fmadd(int32_as_float(acc + i * kBlockN + j, n), s, b));
+      const uint8_t* r = res ? res + i * ld + j : nullptr;
+      if (r) v = at::vec::fmadd((n == V ? res_io.load(r) : res_io.load(r, n)) - Vec(res_zp), Vec(res_scale), v);
+      n == V ? out.store(y + i * ld + j, v) : out.store(y + i * ld + j, v, n);
+    }
+  }
+}
+
 // int8: x uint8 codes, the weight int8 in VNNI-4 order, int32 tiles.  The epilogue dequantizes with
 // y = acc * scale[n] + shift[n] (the input's scale and zero point folded in at packing), applies the
 // activation, adds the dequantized residual, and stores through `out` (uint8 codes, or float32).
@@ -189,24 +225,10 @@ template <Act A, typename Out>
 void run_tiles_int8(const uint8_t* x, const int8_t* w, const float* scale, const float* shift, const uint8_t* res,
                     float res_scale, float res_zp, typename Out::scalar_t* y, int64_t M, int64_t N, int64_t K,
                     const Out& out) {
-  using Vec = at::vec::Vectorized<float>;
-  constexpr int64_t V = Vec::size();
-  const U8IO res_io;
   for_each_tile<int32_t>(x, w, M, N, K, true, [&](const int32_t* acc, int64_t m0, int64_t n0, int64_t rows,
                                                  int64_t nv) {
-    for (int64_t i = 0; i < rows; ++i) {
-      typename Out::scalar_t* o = y + (m0 + i) * N + n0;
-      const uint8_t* r = res ? res + (m0 + i) * N + n0 : nullptr;
-      for (int64_t j = 0; j < nv; j += V) {
-        const int64_t n = std::min(V, nv - j);
-        Vec v = at::vec::fmadd(int32_as_float(acc + i * kBlockN + j, n), Vec::loadu(scale + n0 + j, n),
-                               Vec::loadu(shift + n0 + j, n));
-        v = apply_act<A>(v);
-        if (r) v = at::vec::fmadd((n == V ? res_io.load(r + j) : res_io.load(r + j, n)) - Vec(res_zp),
-                                  Vec(res_scale), v);
-        n == V ? out.store(o + j, v) : out.store(o + j, v, n);
-      }
-    }
+    store_tile_int8<A>(acc, rows, nv, scale + n0, shift + n0, res ? res + m0 * N + n0 : nullptr, res_scale, res_zp,
+                       y + m0 * N + n0, N, out);
   });
 }
 #endif
