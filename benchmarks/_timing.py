@@ -6,6 +6,7 @@ machine's speed hits all of them alike and their ratios stay meaningful.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -21,30 +22,35 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _calibrate(fn: Callable, device: str, min_sample_s: float) -> int:
-    """How many calls make one sample last at least min_sample_s."""
-    calls = 1
-    while True:
+def _calibrate(fn: Callable, device: str, min_sample_s: float, probes: int = 5) -> int:
+    """How many back-to-back calls make one sample last at least min_sample_s, from the median time of a
+    few single calls (fewer for an engine whose calls are long).  Not from one stretch of calls timed
+    whole: that stretch began with the calls that ran cold after the warm-up of another engine, and
+    measured on a 2-vCPU Xeon it made mnv3_fast's Large batch 1 samples 4 calls long, of which the
+    first (cold, at twice the time) weighed a quarter."""
+    times = []
+    for _ in range(probes):
         _sync(device)
         start = time.perf_counter()
-        for _ in range(calls):
-            fn()
+        fn()
         _sync(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_sample_s or calls >= 1 << 16:
-            return calls
-        calls = max(calls * 2, int(calls * min_sample_s / max(elapsed, 1e-9)) + 1)
+        times.append(time.perf_counter() - start)
+        if sum(times) >= 2 * min_sample_s:
+            break
+    return max(1, min(1 << 16, math.ceil(min_sample_s / max(statistics.median(times), 1e-9))))
 
 
 def time_interleaved(fns: dict[str, Callable], repeats: int = 15, warmup: int = 3, device: str = "cpu",
-                     min_sample_s: float = 0.05, settle_s: float = 0.005,
+                     min_sample_s: float = 0.05, settle_s: float = 0.02,
                      prepare: Optional[dict[str, Callable]] = None,
                      on_round: Optional[Callable[[int], None]] = None) -> dict[str, list[float]]:
     """Seconds per call of each function: `repeats` samples each, taken in turn after warm-up.
 
     Between two engines' samples the machine rests `settle_s`: thread pools
     (OpenMP's, ONNX Runtime's) spin-wait for a while after a call and would
-    otherwise steal cores from the next engine's sample.  A sample is a stretch
+    otherwise steal cores from the next engine's sample (measured on a 2-vCPU
+    Xeon: torch's OpenMP worker kept spinning 4-7 ms after mnv3_fast's last
+    call, OpenVINO's about 1 ms; 5 ms was too short).  A sample is a stretch
     of back-to-back calls lasting at least `min_sample_s`, so that what is
     timed is each engine's steady state, not the first call after another
     engine ran (which wakes parked threads and refills the caches: measured on

@@ -35,6 +35,16 @@ def test_a_close_call_is_sampled_fully():
     assert chosen[2 * first:] == [2] * (40 - 2 * first)
 
 
+def test_an_exploration_cut_short_is_not_resumed():
+    # benchmarks/run.py on a 2-vCPU Xeon (Large fp32 batch 1): the first call of each sample ran cold after
+    # another engine's, which raised the median on two threads until one thread no longer looked clearly
+    # slower, and its exploration resumed (9 of 45 calls on one thread, at 1.7x the time).
+    cost = lambda t, call: {2: 1.0 if call < 20 else 1.5, 1: 1.8}[t]  # noqa: E731
+    chosen = drive(ThreadTiming(), cost, 300)
+    first = ThreadTiming.COLD_CALLS + ThreadTiming.MIN_SAMPLES + ThreadTiming.COLD_CALLS + 1
+    assert chosen[first:].count(1) <= 300 // ThreadTiming.PROBE_EVERY + 1  # the probes only
+
+
 def test_a_busy_core_moves_it_to_one_thread_within_a_few_calls():
     busy_from = 100
     cost = lambda t, call: {2: 1.0, 1: 1.8}[t] if call < busy_from else {2: 40.0, 1: 2.0}[t]  # noqa: E731

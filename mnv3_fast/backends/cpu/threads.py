@@ -55,6 +55,7 @@ class ThreadTiming:
         self.calls = 0
         self.probe_next = False
         self.best = None  # the setting the last choice preferred (None before every setting has samples)
+        self.one_thread_cut = False  # one thread's exploration ended early (clearly slower): not resumed
 
     def _median(self, threads: int) -> float:
         recent = self.times.get(threads, ())
@@ -68,8 +69,11 @@ class ThreadTiming:
         # First a few calls at each setting (one thread's cut short where it clearly loses).
         if len(self.times.get(all_threads, ())) < self.MIN_SAMPLES:
             return all_threads
-        if len(self.times.get(1, ())) < self.MIN_SAMPLES and not self._clearly_slower(1, all_threads):
-            return 1
+        if len(self.times.get(1, ())) < self.MIN_SAMPLES and not self.one_thread_cut:
+            if not self._clearly_slower(1, all_threads):
+                return 1
+            self.one_thread_cut = True  # (were it resumed whenever the other median rose, calls that ran cold
+            # after another engine's in benchmarks/run.py sent it back to one thread again and again)
         best = self.best = 1 if self._median(1) < self._median(all_threads) else all_threads
         if self.probe_next or self.calls % self.PROBE_EVERY == 0:
             self.probe_next = False
