@@ -23,11 +23,9 @@ def _sync(device: str) -> None:
 
 
 def _calibrate(fn: Callable, device: str, min_sample_s: float, probes: int = 5) -> int:
-    """How many back-to-back calls make one sample last at least min_sample_s, from the median time of a
-    few single calls (fewer for an engine whose calls are long).  Not from one stretch of calls timed
-    whole: that stretch began with the calls that ran cold after the warm-up of another engine, and
-    measured on a 2-vCPU Xeon it made mnv3_fast's Large batch 1 samples 4 calls long, of which the
-    first (cold, at twice the time) weighed a quarter."""
+    """How many back-to-back calls make one CUDA sample last at least min_sample_s, from the median time
+    of a few single calls (fewer for an engine whose calls are long), not from one stretch timed whole,
+    which began with calls that ran cold."""
     times = []
     for _ in range(probes):
         _sync(device)
@@ -55,7 +53,13 @@ def time_interleaved(fns: dict[str, Callable], repeats: int = 15, warmup: int = 
     timed is each engine's steady state, not the first call after another
     engine ran (which wakes parked threads and refills the caches: measured on
     a 2-vCPU Xeon, 2 ms samples made mnv3_fast's Large batch 1 9.1 ms against
-    7.5 ms in 50 ms samples, and OpenVINO's 10.2 against 5.0).  `prepare[name]()`
+    7.5 ms in 50 ms samples, and OpenVINO's 10.2 against 5.0; that first call
+    took 2.5-3x a warm one).  On the CPU a sample runs calls until
+    `min_sample_s` has passed: a count fixed in advance from one engine's
+    calls, which ran cold or explored thread counts, held 7 calls of
+    mnv3_fast's Large batch 1 against OpenVINO's 13, so the cold first call
+    weighed twice as much.  On CUDA the count is calibrated once
+    (`_calibrate`): checking the time after each call would synchronize.  `prepare[name]()`
     runs before each of that function's samples, untimed (torch's thread
     count, when engines at different counts are interleaved).  `on_round(i)`
     is called after warm-up (i = 0) and after each round of samples."""
@@ -65,10 +69,11 @@ def time_interleaved(fns: dict[str, Callable], repeats: int = 15, warmup: int = 
         prepare.get(name, noop)()
         for _ in range(warmup):
             fn()
-    calls = {}
+    calls = {}  # (CUDA: calls per sample; on the CPU a sample runs until min_sample_s has passed)
     for name, fn in fns.items():
-        prepare.get(name, noop)()
-        calls[name] = _calibrate(fn, device, min_sample_s)
+        if device == "cuda":
+            prepare.get(name, noop)()
+            calls[name] = _calibrate(fn, device, min_sample_s)
     if on_round:
         on_round(0)
     samples: dict[str, list[float]] = {name: [] for name in fns}
@@ -78,10 +83,18 @@ def time_interleaved(fns: dict[str, Callable], repeats: int = 15, warmup: int = 
             _sync(device)
             time.sleep(settle_s)
             start = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            _sync(device)
-            samples[name].append((time.perf_counter() - start) / calls[name])
+            n = calls.get(name, 0)
+            if n:
+                for _ in range(n):
+                    fn()
+                _sync(device)
+            else:
+                while True:
+                    fn()
+                    n += 1
+                    if time.perf_counter() - start >= min_sample_s:
+                        break
+            samples[name].append((time.perf_counter() - start) / n)
         if on_round:
             on_round(i + 1)
     return samples
