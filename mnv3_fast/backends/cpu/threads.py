@@ -19,7 +19,7 @@ applies to that call's parallel regions only (OpenMP's per-thread setting):
 torch's own setting is left alone.  At the start each setting runs a few calls,
 except that one thread stops as soon as its counted calls all lost by far
 (`CLEAR_LOSS`): at batch 32 each exploring call is a whole batch at up to twice
-the time.
+the time.  An exploration so cut short is not resumed; the probes add its samples.
 
 A program is packed for the thread count it runs on: oneDNN picks the blocked
 layout of a conv's weights by the number of threads, and a conv that finds its
