@@ -158,18 +158,10 @@ inline void store_tile(const float* __restrict acc, int64_t rows, int64_t nv, co
   for (int64_t j = 0; j < nv; j += V) {
     const int64_t n = std::min(V, nv - j);
     const Vec b = Vec::loadu(bias + j, n);
-    if (n == V) {
-      for (int64_t i = 0; i < rows; ++i) {
-        Vec v = apply_act<A>(Vec::loadu(acc + i * kBlockN + j) + b);
-        if (res) v = v + IO::load(res + i * ld + j);
-        IO::store(y + i * ld + j, v);
-      }
-    } else {
-      for (int64_t i = 0; i < rows; ++i) {
-        Vec v = apply_act<A>(Vec::loadu(acc + i * kBlockN + j) + b);
-        if (res) v = v + IO::load(res + i * ld + j, n);
-        IO::store(y + i * ld + j, v, n);
-      }
+    for (int64_t i = 0; i < rows; ++i) {
+      Vec v = apply_act<A>(Vec::loadu(acc + i * kBlockN + j) + b);
+      if (res) v = v + (n == V ? IO::load(res + i * ld + j) : IO::load(res + i * ld + j, n));
+      n == V ? IO::store(y + i * ld + j, v) : IO::store(y + i * ld + j, v, n);
     }
   }
 }
