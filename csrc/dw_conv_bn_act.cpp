@@ -233,6 +233,45 @@ void dw_nhwc(const typename In::scalar_t* xp, const typename In::acc_t* wp, cons
 constexpr int kBlockD1 = 7;  // (MobileNetV3's maps at 224x224 are 112, 56, 28, 14 and 7 wide: whole blocks)
 constexpr int64_t kSegmentInputPixels = 28;  // about how many input columns a segment of blocks spans
 
+// One kernel row of a block: acc[j] += sum over kw of w[kw] * x[column j * S + kw], for the block's
+// (B - 1) * S + K input columns from `in` on.  The common case, a block inside the image with a whole
+// vector of channels, has a branch-free body of its own, walking a pointer along the row: written
+// with the edge tests folded in, it kept flags and per-column addresses in spilled registers, and the
+// stride-2 convs (15 columns a row) ran at half the stride-1 convs' rate.
+template <int K, int S, int B, Act InA, typename In>
+inline void dw_row_interior(const typename In::scalar_t* in, int64_t C, const typename In::Vec* w,
+                            typename In::Vec* acc, const In& in_io) {
+  MNV3_UNROLL(24)
+  for (int i = 0; i < (B - 1) * S + K; ++i, in += C) {
+    const typename In::Vec xi = apply_act<InA>(in_io.load(in));
+    MNV3_UNROLL(8)
+    for (int j = 0; j < B; ++j) {
+      const int kw = i - j * S;
+      if (kw >= 0 && kw < K) acc[j] = at::vec::fmadd(xi, w[kw], acc[j]);
+    }
+  }
+}
+
+// The same at the image's edges or for a partial vector of m channels: columns outside [0, W), and
+// whole rows outside the image, read as `pad_vec`.
+template <int K, int S, int B, Act InA, typename In>
+inline void dw_row_edge(const typename In::scalar_t* in, int64_t C, int64_t col0, int64_t W, bool row_inside,
+                        int64_t m, const typename In::Vec& pad_vec, const typename In::Vec* w,
+                        typename In::Vec* acc, const In& in_io) {
+  constexpr int64_t V = In::kSize;
+  MNV3_UNROLL(24)
+  for (int i = 0; i < (B - 1) * S + K; ++i, in += C) {
+    const bool inside = row_inside && col0 + i >= 0 && col0 + i < W;
+    const typename In::Vec xi =
+        !inside ? pad_vec : apply_act<InA>(m == V ? in_io.load(in) : in_io.load(in, m));
+    MNV3_UNROLL(8)
+    for (int j = 0; j < B; ++j) {
+      const int kw = i - j * S;
+      if (kw >= 0 && kw < K) acc[j] = at::vec::fmadd(xi, w[kw], acc[j]);
+    }
+  }
+}
+
 template <int K, int S, Act A, Act InA, typename In, typename Out>
 void dw_nhwc_d1(const typename In::scalar_t* xp, const typename In::acc_t* wp, const typename In::acc_t* bp,
                 typename Out::scalar_t* op, const Geometry& g, const In& in_io, const Out& out_io,
@@ -262,7 +301,7 @@ void dw_nhwc_d1(const typename In::scalar_t* xp, const typename In::acc_t* wp, c
         const Vec bias = Vec::loadu(bp + c, m);
         for (int64_t b = b0; b < std::min(blocks, b0 + segment); ++b) {
           const int64_t col0 = b * B * S - pad_px;  // the block's first input column
-          const bool interior = col0 >= 0 && col0 + (B - 1) * S + K <= g.W && (b + 1) * B <= g.Wo;
+          const bool interior = m == V && col0 >= 0 && col0 + (B - 1) * S + K <= g.W && (b + 1) * B <= g.Wo;
           Vec acc[B];
           for (int j = 0; j < B; ++j) acc[j] = bias;
           MNV3_UNROLL(5)
@@ -273,22 +312,10 @@ void dw_nhwc_d1(const typename In::scalar_t* xp, const typename In::acc_t* wp, c
             Vec w[K];
             for (int kw = 0; kw < K; ++kw) w[kw] = Vec::loadu(wp + (kh * K + kw) * C + c, m);
             const scalar_t* row_in = in_img + ih * g.W * C + c + col0 * C;
-            MNV3_UNROLL(24)
-            for (int i = 0; i < (B - 1) * S + K; ++i) {
-              Vec xi;
-              if (interior && row_inside) {
-                xi = apply_act<InA>(m == V ? in_io.load(row_in + i * C) : in_io.load(row_in + i * C, m));
-              } else {
-                const bool inside = row_inside && col0 + i >= 0 && col0 + i < g.W;
-                xi = !inside ? pad_vec
-                             : apply_act<InA>(m == V ? in_io.load(row_in + i * C) : in_io.load(row_in + i * C, m));
-              }
-              MNV3_UNROLL(8)
-              for (int j = 0; j < B; ++j) {
-                const int kw = i - j * S;
-                if (kw >= 0 && kw < K) acc[j] = at::vec::fmadd(xi, w[kw], acc[j]);
-              }
-            }
+            if (interior && row_inside)
+              dw_row_interior<K, S, B, InA>(row_in, C, w, acc, in_io);
+            else
+              dw_row_edge<K, S, B, InA>(row_in, C, col0, g.W, row_inside, m, pad_vec, w, acc, in_io);
           }
           for (int j = 0; j < B && b * B + j < g.Wo; ++j) {
             typename Out::scalar_t* o = out_row + (b * B + j) * C + c;
