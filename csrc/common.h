@@ -248,14 +248,25 @@ struct U8IO {
     return Vec::loadu(tmp);
 #endif
   }
+  // The partial loads and stores are masked on AVX-512, as VecIO<bf16>'s are (channel counts such as 72,
+  // 120 and 200 end in a partial vector).
   Vec load(const uint8_t* p, int64_t n) const {
+#if defined(CPU_CAPABILITY_AVX512)
+    const __m128i bytes = _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << n) - 1), p);
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
+#else
     uint8_t tmp[kSize] = {};
     std::copy(p, p + n, tmp);
     return load(tmp);
+#endif
+  }
+  // v / scale + zp, clamped to [0, 255] (rounded by the conversion to integers that follows).
+  Vec quantize(const Vec& v) const {
+    return at::vec::minimum(at::vec::maximum(at::vec::fmadd(v, Vec(inv_scale), Vec(zero_point)), Vec(0.f)),
+                            Vec(255.f));
   }
   void store(uint8_t* p, const Vec& v) const {
-    const Vec q = at::vec::minimum(at::vec::maximum(at::vec::fmadd(v, Vec(inv_scale), Vec(zero_point)), Vec(0.f)),
-                                   Vec(255.f));
+    const Vec q = quantize(v);
 #if defined(CPU_CAPABILITY_AVX512)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(q)));
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -269,9 +280,13 @@ struct U8IO {
 #endif
   }
   void store(uint8_t* p, const Vec& v, int64_t n) const {
+#if defined(CPU_CAPABILITY_AVX512)
+    _mm512_mask_cvtusepi32_storeu_epi8(p, static_cast<__mmask16>((1u << n) - 1), _mm512_cvtps_epi32(quantize(v)));
+#else
     uint8_t tmp[kSize];
     store(tmp, v);
     std::copy(tmp, tmp + n, p);
+#endif
   }
 };
 
