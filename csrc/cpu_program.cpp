@@ -299,8 +299,10 @@ Tensor run(const Tensor& x_in, at::TensorList tensors, at::IntArrayRef program) 
       case kMark: break;
       case kPool: x = global_avg_pool_cpu(x); break;
       case kLinear: {  // weight bias act out_features
-        if (tensors[a[0]].dim() == 3) {  // packed as PWCONV's: the (N, C) features as N pixels
-          x = pointwise_conv_cpu(x.view({x.size(0), x.size(1), 1, 1}), tensors[a[0]], tensors[a[1]], a[2], nullptr)
+        if (tensors[a[0]].dim() == 3) {  // packed as PWCONV's: the (N, C) features as N pixels, in its dtype
+          const Tensor& w = tensors[a[0]];
+          if (x.scalar_type() != w.scalar_type()) x = x.to(w.scalar_type());  // (the int8 program's bf16 head)
+          x = pointwise_conv_cpu(x.view({x.size(0), x.size(1), 1, 1}), w, tensors[a[1]], a[2], nullptr)
                   .view({x.size(0), a[3]});
           break;
         }

@@ -257,9 +257,16 @@ Tensor qse_cpu(const Tensor& x_in, const Tensor& w1, const Tensor& b1, const Ten
   Tensor out = at::empty(x.sizes(), x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
   std::vector<float> w1s, b1s, w2s, b2s;
+  const U8IO out_io{static_cast<float>(1.0 / out_scale), static_cast<float>(out_zp)};
+  if (w1.scalar_type() == at::kBFloat16 && w2.scalar_type() == at::kBFloat16 && w1.is_contiguous() &&
+      w2.is_contiguous()) {  // (the int8 program's matrices: bf16, read as they are)
+    se_kernel<float, U8IO, c10::BFloat16>(x, w1.const_data_ptr<c10::BFloat16>(), acc_data<float>(b1, b1s),
+                                          w2.const_data_ptr<c10::BFloat16>(), acc_data<float>(b2, b2s), S, out,
+                                          /*channels_last=*/true, out_io);
+    return out;
+  }
   se_kernel<float>(x, acc_data<float>(w1, w1s), acc_data<float>(b1, b1s), acc_data<float>(w2, w2s),
-                   acc_data<float>(b2, b2s), S, out, /*channels_last=*/true,
-                   U8IO{static_cast<float>(1.0 / out_scale), static_cast<float>(out_zp)});
+                   acc_data<float>(b2, b2s), S, out, /*channels_last=*/true, out_io);
   return out;
 }
 

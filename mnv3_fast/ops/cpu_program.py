@@ -29,7 +29,9 @@ of truth:
                                            after it only ACT and LINEAR
     LINEAR weight bias act out_features    on pooled features; the program ends with one
                                            (weight: mkldnn-packed (out, in), or packed as
-                                           PWCONV's with its float32 bias required)
+                                           PWCONV's with its float32 bias required; such a
+                                           LINEAR runs in its weight's dtype, converting its
+                                           input: the int8 program's head runs in bf16)
     STEM   weight bias stride pad act      a conv over few input channels (the image),
                                            computed directly; any input layout in,
                                            channels_last out, in the weight's dtype (a
@@ -57,6 +59,7 @@ float64 tensor of such values:
                                            depthwise conv on a uint8 input, float32 weights,
                                            qp = [in s, zp, out s, zp], out s = 0: float32 out
     QSE    w1 b1 w2 b2 qp                  SE on a float32 input, uint8 out, qp = [out s, zp]
+                                           (w1, w2: float32, or bf16 as quantize stores them)
     QPOOL  qp                              a uint8 map's float32 means, qp = [in s, zp]
     QPWCONV weight params act res qp       a 1x1 conv, stride 1, on the brgemm micro-kernel
                                            (AMX-INT8): uint8 in, int8 weights packed by
@@ -266,9 +269,10 @@ def interpret(x: torch.Tensor, tensors: list, program: list):
             x = x.mean(dim=(2, 3))
         elif op == LINEAR:
             weight, bias, act, out_features = a
-            if tensors[weight].dim() == 3:  # PWCONV's packing: in fp32, rounded once (as PWCONV)
+            if tensors[weight].dim() == 3:  # PWCONV's packing: in the weight's dtype, fp32 inside (as PWCONV)
+                dtype = tensors[weight].dtype
                 w = unpack_pointwise(tensors[weight], out_features).float()
-                x = activation(F.linear(x.float(), w, tensors[bias].float()), ACTS[act]).to(x.dtype)
+                x = activation(F.linear(x.to(dtype).float(), w, tensors[bias].float()), ACTS[act]).to(dtype)
                 continue
             x = mk._linear_pointwise(x, tensors[weight], tensor(bias), ONEDNN_ATTR[act], [], "")
             if act == 1:
