@@ -233,6 +233,17 @@ void dw_nhwc(const typename In::scalar_t* xp, const typename In::acc_t* wp, cons
 constexpr int kBlockD1 = 7;  // (MobileNetV3's maps at 224x224 are 112, 56, 28, 14 and 7 wide: whole blocks)
 constexpr int64_t kSegmentInputPixels = 28;  // about how many input columns a segment of blocks spans
 
+// Input column i of a block's kernel row, xi, into the accumulators of the outputs that read it
+// (output j reads columns j * S .. j * S + K - 1).
+template <int K, int S, int B, typename Vec>
+inline void dw_column(int i, const Vec& xi, const Vec* w, Vec* acc) {
+  MNV3_UNROLL(8)
+  for (int j = 0; j < B; ++j) {
+    const int kw = i - j * S;
+    if (kw >= 0 && kw < K) acc[j] = at::vec::fmadd(xi, w[kw], acc[j]);
+  }
+}
+
 // One kernel row of a block: acc[j] += sum over kw of w[kw] * x[column j * S + kw], for the block's
 // (B - 1) * S + K input columns from `in` on.  The common case, a block inside the image with a whole
 // vector of channels, has a branch-free body of its own, walking a pointer along the row: written
@@ -243,12 +254,7 @@ inline void dw_row_interior(const typename In::scalar_t* in, int64_t C, const ty
                             typename In::Vec* acc, const In& in_io) {
   MNV3_UNROLL(24)
   for (int i = 0; i < (B - 1) * S + K; ++i, in += C) {
-    const typename In::Vec xi = apply_act<InA>(in_io.load(in));
-    MNV3_UNROLL(8)
-    for (int j = 0; j < B; ++j) {
-      const int kw = i - j * S;
-      if (kw >= 0 && kw < K) acc[j] = at::vec::fmadd(xi, w[kw], acc[j]);
-    }
+    dw_column<K, S, B>(i, apply_act<InA>(in_io.load(in)), w, acc);
   }
 }
 
@@ -264,11 +270,7 @@ inline void dw_row_edge(const typename In::scalar_t* in, int64_t C, int64_t col0
     const bool inside = row_inside && col0 + i >= 0 && col0 + i < W;
     const typename In::Vec xi =
         !inside ? pad_vec : apply_act<InA>(m == V ? in_io.load(in) : in_io.load(in, m));
-    MNV3_UNROLL(8)
-    for (int j = 0; j < B; ++j) {
-      const int kw = i - j * S;
-      if (kw >= 0 && kw < K) acc[j] = at::vec::fmadd(xi, w[kw], acc[j]);
-    }
+    dw_column<K, S, B>(i, xi, w, acc);
   }
 }
 
