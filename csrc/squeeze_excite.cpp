@@ -129,6 +129,13 @@ void channel_means(const Tensor& x, bool channels_last, typename In::acc_t* mean
   });
 }
 
+// Whether the SE's matrices can be read as they are in bf16 (the CPU programs store them so: at batch 1
+// the SE mostly reads them, and bf16 halves that).
+bool bf16_matrices(const Tensor& w1, const Tensor& w2) {
+  return w1.scalar_type() == at::kBFloat16 && w2.scalar_type() == at::kBFloat16 && w1.is_contiguous() &&
+         w2.is_contiguous();
+}
+
 // Out: how the output is stored (x's own dtype, or U8IO for the int8 program).  W: the matrices' dtype
 // (the accumulation type, or bf16 for a bf16 x: at batch 1 the SE is reading its matrices, and bf16
 // halves that).
@@ -228,8 +235,7 @@ Tensor squeeze_excite_cpu_impl(const Tensor& x_in, const Tensor& w1_in, const Te
     std::vector<acc_t> w1s, b1s, w2s, b2s;  // used only for inputs that need converting
     // The CPU program's bf16 SE: bf16 matrices (read as they are), fp32 biases.
     if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
-      if (fp32_params && w1_in.scalar_type() == at::kBFloat16 && w2_in.scalar_type() == at::kBFloat16 &&
-          w1_in.is_contiguous() && w2_in.is_contiguous()) {
+      if (fp32_params && bf16_matrices(w1_in, w2_in)) {
         se_kernel<scalar_t, VecIO<scalar_t>, scalar_t>(x, w1_in.const_data_ptr<scalar_t>(), acc_data<acc_t>(b1, b1s),
                                                        w2_in.const_data_ptr<scalar_t>(), acc_data<acc_t>(b2, b2s), S,
                                                        out, channels_last);
@@ -258,8 +264,7 @@ Tensor qse_cpu(const Tensor& x_in, const Tensor& w1, const Tensor& b1, const Ten
   if (out.numel() == 0) return out;
   std::vector<float> w1s, b1s, w2s, b2s;
   const U8IO out_io{static_cast<float>(1.0 / out_scale), static_cast<float>(out_zp)};
-  if (w1.scalar_type() == at::kBFloat16 && w2.scalar_type() == at::kBFloat16 && w1.is_contiguous() &&
-      w2.is_contiguous()) {  // (the int8 program's matrices: bf16, read as they are)
+  if (bf16_matrices(w1, w2)) {  // (the int8 program's)
     se_kernel<float, U8IO, c10::BFloat16>(x, w1.const_data_ptr<c10::BFloat16>(), acc_data<float>(b1, b1s),
                                           w2.const_data_ptr<c10::BFloat16>(), acc_data<float>(b2, b2s), S, out,
                                           /*channels_last=*/true, out_io);
