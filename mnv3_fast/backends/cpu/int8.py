@@ -237,15 +237,9 @@ def encode_int8_program(plan: Plan, ranges: Ranges, shape: list) -> CpuProgram:
         w.emit(isa.QCONV, tensor(c.weight), tensor(c.scale), tensor(c.zero_point), tensor(c.bias), c.stride,
                c.padding, act(c.act), int(q_res is not None), tensor(qp))
 
-    def floats(t):
-        return None if t is None else t.detach().float()
-
-    def bf16(t):
-        return t.detach().to(torch.bfloat16).contiguous()
-
     s = plan.stem
     q = ranges.stem.qparams()
-    w.emit(isa.QSTEM, tensor(floats(s.weight)), tensor(floats(s.bias)), s.stride, s.padding, act(s.act),
+    w.emit(isa.QSTEM, tensor(_floats(s.weight)), tensor(_floats(s.bias)), s.stride, s.padding, act(s.act),
            tensor(qparams_tensor(*q)))
     w.emit(isa.MARK, s.stride)
     for b, r in zip(plan.blocks, ranges.blocks):
@@ -258,13 +252,13 @@ def encode_int8_program(plan: Plan, ranges: Ranges, shape: list) -> CpuProgram:
             q = q_e
         dw = b.depthwise
         q_dw = (0.0, 0) if b.se is not None else r.depthwise.qparams()  # (SE reads the dw output as float32)
-        w.emit(isa.QDW, tensor(floats(dw.weight)), tensor(floats(dw.bias)), dw.stride, dw.padding, dw.dilation,
+        w.emit(isa.QDW, tensor(_floats(dw.weight)), tensor(_floats(dw.bias)), dw.stride, dw.padding, dw.dilation,
                act(dw.act), tensor(qparams_tensor(*q, *q_dw)))
         q = q_dw
         if b.se is not None:
             q = r.se.qparams()
             w1, b1, w2, b2 = b.se  # (the matrices in bf16: at batch 1 the SE mostly reads them)
-            w.emit(isa.QSE, tensor(bf16(w1)), tensor(floats(b1)), tensor(bf16(w2)), tensor(floats(b2)),
+            w.emit(isa.QSE, tensor(_bf16(w1)), tensor(_floats(b1)), tensor(_bf16(w2)), tensor(_floats(b2)),
                    tensor(qparams_tensor(*q)))
         q_out = r.out.qparams()
         qconv(b.project, q, q_out, q_in if b.residual else None)
@@ -279,12 +273,19 @@ def encode_int8_program(plan: Plan, ranges: Ranges, shape: list) -> CpuProgram:
     return w.done(len(plan.blocks) + 2)
 
 
+def _floats(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.detach().float()
+
+
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.bfloat16).contiguous()
+
+
 def head_linear(step, batch: int):
     """One of the head's matrix products for the int8 program: bf16 weights (and a float32 bias) where
     PWCONV runs bf16, the pooled features converted as the LINEAR starts; else float32."""
-    fp32 = step._replace(weight=step.weight.detach().float(),
-                         bias=None if step.bias is None else step.bias.detach().float())
-    bf16 = fp32._replace(weight=fp32.weight.to(torch.bfloat16))
+    fp32 = step._replace(weight=_floats(step.weight), bias=_floats(step.bias))
+    bf16 = fp32._replace(weight=_bf16(fp32.weight))
     if pointwise(bf16):
         return pack_linear(bf16, batch, fp32_step=fp32)
     return pack_linear(fp32, batch)
