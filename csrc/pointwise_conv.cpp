@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 
+#include "amx_tiles.h"
 #include "common.h"
 #include "ops.h"
 
@@ -30,24 +31,58 @@ constexpr int64_t kBlockM = 64;  // output pixels per tile: the fp32 tile (8 KB)
 #endif
 
 #ifdef MNV3_HAS_BRGEMM
-// The tile loop every PWCONV and QPWCONV runs: one brgemm call per (kBlockM x kBlockN) output tile into
-// `acc` (fp32, or int32 for int8), then `epilogue(acc, m0, n0, rows, nv)` stores it while it is in L1.
-// Tiles go row-major: consecutive tiles share their rows of x (in L1), every tile reads all of w (in L2).
-// vnni: the weight in VNNI order, i.e. AMX, whose tile state each thread releases afterwards.
-template <typename Acc, typename X, typename W, typename Epilogue>
-void for_each_tile(const X* x, const W* w, int64_t M, int64_t N, int64_t K, bool vnni, const Epilogue& epilogue) {
+// The tile loop every PWCONV and QPWCONV runs: `kernel(m0, n0, rows, acc)` computes each (kBlockM x kBlockN)
+// output tile into `acc` (fp32, or int32 for int8), then `epilogue(acc, m0, n0, rows, nv)` stores it while
+// it is in L1.  Tiles go row-major: consecutive tiles share their rows of x (in L1), every tile reads all
+// of w (in L2).  kernel.start() and kernel.finish() bracket each thread's share (AMX tile state).
+template <typename Acc, typename Kernel, typename Epilogue>
+void for_each_tile(int64_t M, int64_t N, const Kernel& kernel, const Epilogue& epilogue) {
   const int64_t m_tiles = (M + kBlockM - 1) / kBlockM, n_tiles = (N + kBlockN - 1) / kBlockN;
   at::parallel_for(0, m_tiles * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    kernel.start();
     alignas(64) Acc acc[kBlockM * kBlockN];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t m0 = t / n_tiles * kBlockM, n0 = t % n_tiles * kBlockN;
       const int64_t rows = std::min(kBlockM, M - m0);
-      at::native::cpublas::brgemm(rows, kBlockN, K, K, kBlockN, kBlockN, false, x + m0 * K, w + n0 * K, acc, vnni);
+      kernel(m0, n0, rows, acc);
       epilogue(acc, m0, n0, rows, std::min(kBlockN, N - n0));
     }
-    if (vnni) at::native::cpublas::brgemm_release(/*is_vnni=*/true);
+    kernel.finish();
   });
 }
+
+// A tile by ATen's brgemm (oneDNN's micro-kernel).  vnni: the weight in VNNI order, i.e. AMX, whose tile
+// state each thread releases afterwards.
+template <typename X, typename W>
+struct BrgemmTiles {
+  const X* x;
+  const W* w;
+  int64_t K;
+  bool vnni;
+  void start() const {}
+  template <typename Acc>
+  void operator()(int64_t m0, int64_t n0, int64_t rows, Acc* acc) const {
+    at::native::cpublas::brgemm(rows, kBlockN, K, K, kBlockN, kBlockN, false, x + m0 * K, w + n0 * K, acc, vnni);
+  }
+  void finish() const {
+    if (vnni) at::native::cpublas::brgemm_release(/*is_vnni=*/true);
+  }
+};
+
+#ifdef MNV3_HAS_AMX_TILES
+// A bfloat16 tile on our AMX micro-kernel (amx_tiles.h says why).  x has at least 16 rows (run_tiles pads
+// a shorter one).
+struct AmxBf16Tiles {
+  const c10::BFloat16* x;
+  const c10::BFloat16* w;
+  int64_t M, K;
+  void start() const { amx::configure(K); }
+  void operator()(int64_t m0, int64_t n0, int64_t rows, float* acc) const {
+    amx::tile(x, M, K, m0, rows, w + n0 * K, acc);
+  }
+  void finish() const { amx::release(); }
+};
+#endif
 
 #if defined(CPU_CAPABILITY_AVX512)
 // float32 on AVX-512: our own register tiles instead of brgemm.  A micro-tile is R pixels x NV vectors of
@@ -173,9 +208,23 @@ void run_tiles(const T* x, const T* w, const float* bias, const T* res, T* y, in
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (!vnni) return run_register_tiles<A>(x, w, bias, res, y, M, N, K);
 #endif
-  for_each_tile<float>(x, w, M, N, K, vnni, [&](const float* acc, int64_t m0, int64_t n0, int64_t rows, int64_t nv) {
+  auto epilogue = [&](const float* acc, int64_t m0, int64_t n0, int64_t rows, int64_t nv) {
     store_tile<T, A>(acc, rows, nv, bias + n0, res ? res + m0 * N + n0 : nullptr, y + m0 * N + n0, N);
-  });
+  };
+#ifdef MNV3_HAS_AMX_TILES
+  if constexpr (vnni) {
+    if (amx::bf16_tiles_enabled()) {
+      std::vector<T> padded;  // (fewer than 16 pixels, e.g. the head's products at batch 1: zero rows below)
+      if (M < amx::kRows) {
+        padded.assign(amx::kRows * K, T(0.f));
+        std::copy(x, x + M * K, padded.begin());
+      }
+      const AmxBf16Tiles tiles{padded.empty() ? x : padded.data(), w, std::max(M, amx::kRows), K};
+      return for_each_tile<float>(M, N, tiles, epilogue);
+    }
+  }
+#endif
+  for_each_tile<float>(M, N, BrgemmTiles<T, T>{x, w, K, vnni}, epilogue);
 }
 
 // int32 lanes as fp32, the first n of them.
@@ -217,8 +266,8 @@ template <Act A, typename Out>
 void run_tiles_int8(const uint8_t* x, const int8_t* w, const float* scale, const float* shift, const uint8_t* res,
                     float res_scale, float res_zp, typename Out::scalar_t* y, int64_t M, int64_t N, int64_t K,
                     const Out& out) {
-  for_each_tile<int32_t>(x, w, M, N, K, true, [&](const int32_t* acc, int64_t m0, int64_t n0, int64_t rows,
-                                                 int64_t nv) {
+  for_each_tile<int32_t>(M, N, BrgemmTiles<uint8_t, int8_t>{x, w, K, true}, [&](const int32_t* acc, int64_t m0,
+                                                                                 int64_t n0, int64_t rows, int64_t nv) {
     store_tile_int8<A>(acc, rows, nv, scale + n0, shift + n0, res ? res + m0 * N + n0 : nullptr, res_scale, res_zp,
                        y + m0 * N + n0, N, out);
   });

@@ -289,6 +289,19 @@ def test_pwconv_every_pixel(dtype, act, residual, run, poison_outputs):
 
 
 @pytest.mark.parametrize("dtype", PW_DTYPES)
+@pytest.mark.parametrize("K", [2, 16, 32, 40, 72, 200])
+def test_pwconv_tile_shapes(dtype, K, poison_outputs):
+    """Every output of 1x1 maps at the micro-kernels' edges: input channels in whole chunks of 32, a chunk
+    and a tail, a tail alone (the bf16 AMX tiles); 1-15 pixels (padded to a tile of 16), 16, and partial
+    groups of 16 after whole ones (computed as the 16 rows that end at the last pixel)."""
+    for M in (1, 15, 16, 17, 49, 130):
+        x, tensors, program, expected = pwconv_case(M, K, 40, 1, 1, 2, 0, dtype, seed=K + M)
+        out = cp.run_cpu_program(x, tensors, program)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(out.double(), expected.flatten(1), rtol=tol, atol=tol, msg=f"M={M} K={K}")
+
+
+@pytest.mark.parametrize("dtype", PW_DTYPES)
 @pytest.mark.parametrize("batch", [1, 2])
 def test_pwconv_maps(dtype, batch, poison_outputs):
     """Odd-sized maps (partial tiles), output channels in 1-4 vectors of 16 and partial (the fp32 AVX-512
