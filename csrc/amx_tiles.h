@@ -1,5 +1,5 @@
-// PWCONV's bfloat16 micro-kernel on AMX tiles, written out instead of reached through ATen's
-// at::native::cpublas::brgemm.
+// PWCONV's bfloat16 and QPWCONV's int8 micro-kernel on AMX tiles, written out instead of reached through
+// ATen's at::native::cpublas::brgemm.
 //
 // Why: at batch 1 MobileNetV3-Large makes ~1800 brgemm calls per forward (one per 64 x 32 output tile),
 // and each call first looks its kernel up in ATen's cache (key construction, a hash-map lookup, device
@@ -7,10 +7,11 @@
 // wrapper, against 20% in the AMX kernels themselves.  Here the tile configuration is loaded once per
 // parallel chunk and each tile is a handful of tile loads and dot products.
 //
-// The tiles: C0 and C1 (16 output pixels x 16 channels each, fp32), A (16 pixels x 32 input channels of x,
-// bf16), B0 and B1 (16 pairs of input channels x 16 output channels, in the weight's VNNI pairs as
-// pack_pointwise_weight stores them), and for the K % 32 input channels left over a tail A and tail B0/B1
-// configured to exactly that width: no read past a row of x or past a weight block, and no padding.
+// The tiles: C0 and C1 (16 output pixels x 16 channels each, fp32 or int32), A (16 pixels x 64 bytes of x:
+// 32 bf16 or 64 uint8 input channels), B0 and B1 (16 groups of input channels x 16 output channels, in the
+// weight's VNNI groups as pack_pointwise_weight stores them: pairs of bf16, fours of int8), and for the
+// input channels left over a tail A and tail B0/B1 configured to exactly that width: no read past a row of
+// x or past a weight block, and no padding.
 #pragma once
 
 #include <ATen/native/CPUBlas.h>
@@ -19,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #if defined(CPU_CAPABILITY_AVX512) && defined(__linux__) && defined(__x86_64__) && \
     (defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11)
@@ -32,7 +34,24 @@ namespace mnv3::amx {
 
 #ifdef MNV3_HAS_AMX_TILES
 constexpr int64_t kRows = 16;  // pixels per tile (the most an AMX tile holds)
-constexpr int64_t kChunk = 32;  // input channels per dot product (64 bytes of bf16: a tile row)
+
+// Per input dtype: the weight's, the accumulator's, and input channels per VNNI group.
+template <typename X>
+struct Types;
+template <>
+struct Types<c10::BFloat16> {
+  using W = c10::BFloat16;
+  using Acc = float;
+  static constexpr int64_t kGroup = 2;
+};
+template <>
+struct Types<uint8_t> {
+  using W = int8_t;
+  using Acc = int32_t;
+  static constexpr int64_t kGroup = 4;
+};
+template <typename X>
+constexpr int64_t kChunk = 64 / sizeof(X);  // input channels per dot product: a 64-byte tile row of x
 
 // Linux hands out AMX tile state only to a process that asks (arch_prctl, kernel 5.16+); oneDNN asks
 // too, but only once it runs an AMX kernel itself.
@@ -62,18 +81,19 @@ struct alignas(64) TileConfig {
 #define MNV3_TAIL_B0 6
 #define MNV3_TAIL_B1 7
 
-// Loads the configuration for inputs of K channels (the tail tiles sized to K % 32).
-__attribute__((target("amx-tile,amx-bf16"))) inline void configure(int64_t K) {
+// Loads the configuration for inputs of K channels of X (the tail tiles sized to what whole chunks leave).
+template <typename X>
+__attribute__((target("amx-tile"))) inline void configure(int64_t K) {
   TileConfig cfg;
-  const int64_t tail = K % kChunk;
+  const int64_t tail = K % kChunk<X>;
   for (int t : {MNV3_C0, MNV3_C1, MNV3_A, MNV3_B0, MNV3_B1}) {
     cfg.rows[t] = kRows;
     cfg.colsb[t] = 64;
   }
   if (tail) {
     cfg.rows[MNV3_TAIL_A] = kRows;
-    cfg.colsb[MNV3_TAIL_A] = static_cast<uint16_t>(tail * 2);
-    cfg.rows[MNV3_TAIL_B0] = cfg.rows[MNV3_TAIL_B1] = static_cast<uint8_t>(tail / 2);
+    cfg.colsb[MNV3_TAIL_A] = static_cast<uint16_t>(tail * sizeof(X));
+    cfg.rows[MNV3_TAIL_B0] = cfg.rows[MNV3_TAIL_B1] = static_cast<uint8_t>(tail / Types<X>::kGroup);
     cfg.colsb[MNV3_TAIL_B0] = cfg.colsb[MNV3_TAIL_B1] = 64;
   }
   // (Not _tile_loadconfig: GCC's declares only 8 of the 64 bytes as read, and the stores to the rest of
@@ -88,29 +108,42 @@ __attribute__((target("amx-tile"))) inline void release() {
   at::native::cpublas::brgemm_release(/*is_vnni=*/true);
 }
 
-// c[16][32] (fp32, rows 32 apart) = x[16][K] (rows K apart) @ the packed block w (K/2, 32, 2).
-__attribute__((target("amx-tile,amx-bf16"))) inline void rows16(const c10::BFloat16* x, int64_t K,
-                                                                 const c10::BFloat16* w, float* c) {
-  constexpr int64_t kWRow = 64 * 2;  // bytes per pair of input channels in a block: 32 channels x 2
-  const int64_t x_stride = K * 2;
+// c[16][32] (rows 32 apart) = x[16][K] (rows K apart) @ the packed block w (K / group, 32, group).
+template <typename X>
+__attribute__((target("amx-tile,amx-bf16,amx-int8"))) inline void rows16(const X* x, int64_t K,
+                                                                          const typename Types<X>::W* w,
+                                                                          typename Types<X>::Acc* c) {
+  constexpr int64_t kWRow = 128;  // bytes per group of input channels in a block: 32 channels x 4 bytes
+  constexpr int64_t kChunkX = kChunk<X>;
+  const int64_t x_stride = K * sizeof(X);
   _tile_zero(MNV3_C0);
   _tile_zero(MNV3_C1);
-  const int64_t full = K / kChunk * kChunk;
-  for (int64_t k = 0; k < full; k += kChunk) {
-    const c10::BFloat16* wk = w + k * 32;  // (pair k/2: row k/2 of the block, 64 elements)
+  const int64_t full = K / kChunkX * kChunkX;
+  for (int64_t k = 0; k < full; k += kChunkX) {
+    const auto* wk = w + k * 32;  // (group k / kGroup: that row of the block, 32 * kGroup elements)
     _tile_loadd(MNV3_A, x + k, x_stride);
     _tile_loadd(MNV3_B0, wk, kWRow);
-    _tile_loadd(MNV3_B1, wk + 32, kWRow);
-    _tile_dpbf16ps(MNV3_C0, MNV3_A, MNV3_B0);
-    _tile_dpbf16ps(MNV3_C1, MNV3_A, MNV3_B1);
+    _tile_loadd(MNV3_B1, wk + 16 * Types<X>::kGroup, kWRow);
+    if constexpr (std::is_same_v<X, uint8_t>) {
+      _tile_dpbusd(MNV3_C0, MNV3_A, MNV3_B0);
+      _tile_dpbusd(MNV3_C1, MNV3_A, MNV3_B1);
+    } else {
+      _tile_dpbf16ps(MNV3_C0, MNV3_A, MNV3_B0);
+      _tile_dpbf16ps(MNV3_C1, MNV3_A, MNV3_B1);
+    }
   }
   if (full < K) {
-    const c10::BFloat16* wk = w + full * 32;
+    const auto* wk = w + full * 32;
     _tile_loadd(MNV3_TAIL_A, x + full, x_stride);
     _tile_loadd(MNV3_TAIL_B0, wk, kWRow);
-    _tile_loadd(MNV3_TAIL_B1, wk + 32, kWRow);
-    _tile_dpbf16ps(MNV3_C0, MNV3_TAIL_A, MNV3_TAIL_B0);
-    _tile_dpbf16ps(MNV3_C1, MNV3_TAIL_A, MNV3_TAIL_B1);
+    _tile_loadd(MNV3_TAIL_B1, wk + 16 * Types<X>::kGroup, kWRow);
+    if constexpr (std::is_same_v<X, uint8_t>) {
+      _tile_dpbusd(MNV3_C0, MNV3_TAIL_A, MNV3_TAIL_B0);
+      _tile_dpbusd(MNV3_C1, MNV3_TAIL_A, MNV3_TAIL_B1);
+    } else {
+      _tile_dpbf16ps(MNV3_C0, MNV3_TAIL_A, MNV3_TAIL_B0);
+      _tile_dpbf16ps(MNV3_C1, MNV3_TAIL_A, MNV3_TAIL_B1);
+    }
   }
   _tile_stored(MNV3_C0, c, 32 * 4);
   _tile_stored(MNV3_C1, c + 16, 32 * 4);
@@ -118,16 +151,17 @@ __attribute__((target("amx-tile,amx-bf16"))) inline void rows16(const c10::BFloa
 
 // acc[rows][32] = x rows [m0, m0 + rows) @ the block w, for M >= 16 pixels in all.  A partial last group
 // of rows is computed as the 16 rows that end at M (reading no row past x) and the wanted ones copied out.
-inline void tile(const c10::BFloat16* x, int64_t M, int64_t K, int64_t m0, int64_t rows, const c10::BFloat16* w,
-                 float* acc) {
+template <typename X>
+inline void tile(const X* x, int64_t M, int64_t K, int64_t m0, int64_t rows, const typename Types<X>::W* w,
+                 typename Types<X>::Acc* acc) {
   int64_t g = 0;
   for (; g + kRows <= rows; g += kRows) rows16(x + (m0 + g) * K, K, w, acc + g * 32);
   if (g < rows) {
-    alignas(64) float last[kRows * 32];
+    alignas(64) typename Types<X>::Acc last[kRows * 32];
     const int64_t first = M - kRows;  // >= m0 + g - kRows + (rows - g): the group overlaps the one before
     rows16(x + first * K, K, w, last);
     const int64_t skip = m0 + g - first;
-    std::memcpy(acc + g * 32, last + skip * 32, (rows - g) * 32 * sizeof(float));
+    std::memcpy(acc + g * 32, last + skip * 32, (rows - g) * 32 * sizeof(last[0]));
   }
 }
 #undef MNV3_C0
@@ -140,14 +174,16 @@ inline void tile(const c10::BFloat16* x, int64_t M, int64_t K, int64_t m0, int64
 #undef MNV3_TAIL_B1
 #endif
 
-// Whether PWCONV's bfloat16 tiles run here: AMX-BF16 (ATen's test, which also gates the bf16 packing),
-// the tile permission, and MNV3_CPU_AMX_TILES unset or not "0" (0: ATen's brgemm, for comparisons).
-inline bool bf16_tiles_enabled() {
+// Whether the tiles run here for inputs of X: AMX-BF16 or AMX-INT8 (ATen's test, which also gates the
+// packing), the tile permission, and MNV3_CPU_AMX_TILES unset or not "0" (0: ATen's brgemm, for comparisons).
+template <typename X>
+inline bool tiles_enabled() {
 #ifdef MNV3_HAS_AMX_TILES
   static const bool enabled = [] {
     const char* env = std::getenv("MNV3_CPU_AMX_TILES");
     if (env && std::strcmp(env, "0") == 0) return false;
-    return at::native::cpublas::could_pack(at::kBFloat16) && tile_permission();
+    return at::native::cpublas::could_pack(std::is_same_v<X, uint8_t> ? at::kChar : at::kBFloat16) &&
+           tile_permission();
   }();
   return enabled;
 #else

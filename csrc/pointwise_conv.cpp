@@ -70,18 +70,29 @@ struct BrgemmTiles {
 };
 
 #ifdef MNV3_HAS_AMX_TILES
-// A bfloat16 tile on our AMX micro-kernel (amx_tiles.h says why).  x has at least 16 rows (run_tiles pads
-// a shorter one).
-struct AmxBf16Tiles {
-  const c10::BFloat16* x;
-  const c10::BFloat16* w;
+// A bfloat16 or int8 tile on our AMX micro-kernel (amx_tiles.h says why).  x has at least 16 rows
+// (amx_input pads a shorter one).
+template <typename X>
+struct AmxTiles {
+  const X* x;
+  const typename amx::Types<X>::W* w;
   int64_t M, K;
-  void start() const { amx::configure(K); }
-  void operator()(int64_t m0, int64_t n0, int64_t rows, float* acc) const {
+  void start() const { amx::configure<X>(K); }
+  void operator()(int64_t m0, int64_t n0, int64_t rows, typename amx::Types<X>::Acc* acc) const {
     amx::tile(x, M, K, m0, rows, w + n0 * K, acc);
   }
   void finish() const { amx::release(); }
 };
+
+// AmxTiles for x (M, K), fewer than 16 pixels (the head's products at batch 1) copied into `padded`
+// first, zero rows below.
+template <typename X>
+AmxTiles<X> amx_input(const X* x, const typename amx::Types<X>::W* w, int64_t M, int64_t K, std::vector<X>& padded) {
+  if (M >= amx::kRows) return {x, w, M, K};
+  padded.assign(amx::kRows * K, X(0));
+  std::copy(x, x + M * K, padded.begin());
+  return {padded.data(), w, amx::kRows, K};
+}
 #endif
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -213,14 +224,9 @@ void run_tiles(const T* x, const T* w, const float* bias, const T* res, T* y, in
   };
 #ifdef MNV3_HAS_AMX_TILES
   if constexpr (vnni) {
-    if (amx::bf16_tiles_enabled()) {
-      std::vector<T> padded;  // (fewer than 16 pixels, e.g. the head's products at batch 1: zero rows below)
-      if (M < amx::kRows) {
-        padded.assign(amx::kRows * K, T(0.f));
-        std::copy(x, x + M * K, padded.begin());
-      }
-      const AmxBf16Tiles tiles{padded.empty() ? x : padded.data(), w, std::max(M, amx::kRows), K};
-      return for_each_tile<float>(M, N, tiles, epilogue);
+    if (amx::tiles_enabled<T>()) {
+      std::vector<T> padded;
+      return for_each_tile<float>(M, N, amx_input(x, w, M, K, padded), epilogue);
     }
   }
 #endif
@@ -266,11 +272,17 @@ template <Act A, typename Out>
 void run_tiles_int8(const uint8_t* x, const int8_t* w, const float* scale, const float* shift, const uint8_t* res,
                     float res_scale, float res_zp, typename Out::scalar_t* y, int64_t M, int64_t N, int64_t K,
                     const Out& out) {
-  for_each_tile<int32_t>(M, N, BrgemmTiles<uint8_t, int8_t>{x, w, K, true}, [&](const int32_t* acc, int64_t m0,
-                                                                                 int64_t n0, int64_t rows, int64_t nv) {
+  auto epilogue = [&](const int32_t* acc, int64_t m0, int64_t n0, int64_t rows, int64_t nv) {
     store_tile_int8<A>(acc, rows, nv, scale + n0, shift + n0, res ? res + m0 * N + n0 : nullptr, res_scale, res_zp,
                        y + m0 * N + n0, N, out);
-  });
+  };
+#ifdef MNV3_HAS_AMX_TILES
+  if (amx::tiles_enabled<uint8_t>()) {
+    std::vector<uint8_t> padded;
+    return for_each_tile<int32_t>(M, N, amx_input(x, w, M, K, padded), epilogue);
+  }
+#endif
+  for_each_tile<int32_t>(M, N, BrgemmTiles<uint8_t, int8_t>{x, w, K, true}, epilogue);
 }
 #endif
 
