@@ -116,35 +116,29 @@ __attribute__((target("amx-tile,amx-bf16,amx-int8"))) inline void rows16(const X
   constexpr int64_t kWRow = 128;  // bytes per group of input channels in a block: 32 channels x 4 bytes
   constexpr int64_t kChunkX = kChunk<X>;
   const int64_t x_stride = K * sizeof(X);
+// One dot product step: x's columns at xp and the block's rows at wk into tiles A, B0, B1, then C0 += A B0
+// and C1 += A B1.  (A macro: the tile numbers must be literals.)
+#define MNV3_AMX_STEP(A, B0, B1, xp, wk)                                      \
+  _tile_loadd(A, xp, x_stride);                                               \
+  _tile_loadd(B0, wk, kWRow);                                                 \
+  _tile_loadd(B1, (wk) + 16 * Types<X>::kGroup, kWRow);                       \
+  if constexpr (std::is_same_v<X, uint8_t>) {                                 \
+    _tile_dpbusd(MNV3_C0, A, B0);                                             \
+    _tile_dpbusd(MNV3_C1, A, B1);                                             \
+  } else {                                                                    \
+    _tile_dpbf16ps(MNV3_C0, A, B0);                                           \
+    _tile_dpbf16ps(MNV3_C1, A, B1);                                           \
+  }
   _tile_zero(MNV3_C0);
   _tile_zero(MNV3_C1);
   const int64_t full = K / kChunkX * kChunkX;
-  for (int64_t k = 0; k < full; k += kChunkX) {
-    const auto* wk = w + k * 32;  // (group k / kGroup: that row of the block, 32 * kGroup elements)
-    _tile_loadd(MNV3_A, x + k, x_stride);
-    _tile_loadd(MNV3_B0, wk, kWRow);
-    _tile_loadd(MNV3_B1, wk + 16 * Types<X>::kGroup, kWRow);
-    if constexpr (std::is_same_v<X, uint8_t>) {
-      _tile_dpbusd(MNV3_C0, MNV3_A, MNV3_B0);
-      _tile_dpbusd(MNV3_C1, MNV3_A, MNV3_B1);
-    } else {
-      _tile_dpbf16ps(MNV3_C0, MNV3_A, MNV3_B0);
-      _tile_dpbf16ps(MNV3_C1, MNV3_A, MNV3_B1);
-    }
+  for (int64_t k = 0; k < full; k += kChunkX) {  // (group k / kGroup: that row of the block, 32 * kGroup elements)
+    MNV3_AMX_STEP(MNV3_A, MNV3_B0, MNV3_B1, x + k, w + k * 32)
   }
   if (full < K) {
-    const auto* wk = w + full * 32;
-    _tile_loadd(MNV3_TAIL_A, x + full, x_stride);
-    _tile_loadd(MNV3_TAIL_B0, wk, kWRow);
-    _tile_loadd(MNV3_TAIL_B1, wk + 16 * Types<X>::kGroup, kWRow);
-    if constexpr (std::is_same_v<X, uint8_t>) {
-      _tile_dpbusd(MNV3_C0, MNV3_TAIL_A, MNV3_TAIL_B0);
-      _tile_dpbusd(MNV3_C1, MNV3_TAIL_A, MNV3_TAIL_B1);
-    } else {
-      _tile_dpbf16ps(MNV3_C0, MNV3_TAIL_A, MNV3_TAIL_B0);
-      _tile_dpbf16ps(MNV3_C1, MNV3_TAIL_A, MNV3_TAIL_B1);
-    }
+    MNV3_AMX_STEP(MNV3_TAIL_A, MNV3_TAIL_B0, MNV3_TAIL_B1, x + full, w + full * 32)
   }
+#undef MNV3_AMX_STEP
   _tile_stored(MNV3_C0, c, 32 * 4);
   _tile_stored(MNV3_C1, c + 16, 32 * 4);
 }
