@@ -1,6 +1,7 @@
-// The CPU program's 1x1 convs (PWCONV) on oneDNN's batch-reduce GEMM micro-kernel, reached through
-// ATen's at::native::cpublas::brgemm: AMX tiles for bf16 (and int8), AVX2 FMAs for fp32.  fp32 on
-// AVX-512 runs our own register tiles (run_register_tiles says why).
+// The CPU program's 1x1 convs (PWCONV, and QPWCONV for int8) as loops over output tiles.  A tile is
+// computed by our own AMX micro-kernel for bf16 and int8 (amx_tiles.h), by our own register tiles for fp32
+// on AVX-512 (run_register_tiles says why), and otherwise (fp32 on AVX2; MNV3_CPU_AMX_TILES=0) by oneDNN's
+// batch-reduce GEMM micro-kernel, reached through ATen's at::native::cpublas::brgemm.
 //
 // Why not oneDNN's convolution (mkldnn::_convolution_pointwise, the CONV instruction)?  At batch 1 a
 // MobileNetV3 1x1 conv computes for 10-60 us, and ATen's wrapper around each call (ideep tensors,
@@ -10,7 +11,7 @@
 //
 // Layout: x is NHWC, i.e. an (M = N*H*W, K) row-major matrix; the weight is packed once into blocks of
 // kBlockN output channels, (blocks, K, kBlockN) for fp32 and the same bytes in VNNI order (pairs of K
-// interleaved: (blocks, K/2, kBlockN, 2)) for bf16.  mnv3_fast/ops/cpu_program.py unpacks the same format.
+// interleaved: (blocks, K/2, kBlockN, 2)) for bf16, fours for int8.  mnv3_fast/ops/cpu_program.py unpacks the same format.
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 

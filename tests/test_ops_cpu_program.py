@@ -237,7 +237,7 @@ def test_bad_programs_and_inputs(run):
         run(x.double(), tensors, program)
 
 
-# ---------------------------------------------------------------- PWCONV (1x1 convs on oneDNN's brgemm)
+# ---------------------------------------------------------------- PWCONV (1x1 convs as tile loops)
 
 from mnv3_fast.backends.cpu import program as cpu_program  # noqa: E402
 

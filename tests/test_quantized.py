@@ -163,7 +163,7 @@ def test_int8_convs_are_exact_without_vnni():
 
 
 needs_qpwconv = pytest.mark.skipif(torch.int8 not in cpu_program.POINTWISE_DTYPES,
-                                   reason="this torch or CPU has no AMX-INT8 brgemm (QPWCONV)")
+                                   reason="this torch or CPU has no AMX-INT8 (QPWCONV)")
 
 
 @needs_qpwconv
@@ -171,7 +171,7 @@ needs_qpwconv = pytest.mark.skipif(torch.int8 not in cpu_program.POINTWISE_DTYPE
 @pytest.mark.parametrize("quantized_out", [True, False])
 @pytest.mark.parametrize("residual", [False, True])
 def test_qpwconv_against_float_arithmetic(residual, quantized_out, act, poison_outputs):
-    """QPWCONV (the brgemm micro-kernel on AMX-INT8) against the same arithmetic in float64 on the
+    """QPWCONV (AMX-INT8 tiles) against the same arithmetic in float64 on the
     dequantized codes; 40 output channels (a block of 32 and a partial one) over 11x11 maps (a partial tile)."""
     Co = C if residual else 40
     weight, bias = randn(Co, C, 1, 1, seed=9, scale=0.2), randn(Co, seed=10)

@@ -38,8 +38,8 @@ of truth:
                                            float32 image may enter a bfloat16 program;
                                            the logits come back in x's dtype)
     PWCONV weight bias act res             a 1x1 conv, stride 1 (csrc/pointwise_conv.cpp:
-                                           register tiles for fp32 on AVX-512, oneDNN's brgemm
-                                           micro-kernel otherwise): act, then
+                                           AMX tiles for bf16, register tiles for fp32 on
+                                           AVX-512, oneDNN's brgemm otherwise): act, then
                                            res=1 adds the saved value; weight packed by
                                            mnv3_fast._C.pack_pointwise (see `unpack_pointwise`),
                                            the bias (required) gives the output channels
@@ -61,8 +61,8 @@ float64 tensor of such values:
     QSE    w1 b1 w2 b2 qp                  SE on a float32 input, uint8 out, qp = [out s, zp]
                                            (w1, w2: float32, or bf16 as quantize stores them)
     QPOOL  qp                              a uint8 map's float32 means, qp = [in s, zp]
-    QPWCONV weight params act res qp       a 1x1 conv, stride 1, on the brgemm micro-kernel
-                                           (AMX-INT8): uint8 in, int8 weights packed by
+    QPWCONV weight params act res qp       a 1x1 conv, stride 1, on AMX-INT8 tiles:
+                                           uint8 in, int8 weights packed by
                                            _C.pack_pointwise, params = float32 rows (scale,
                                            shift) of shape (2, N): y = acc * scale + shift
                                            (the input's scale and zero point folded in), then

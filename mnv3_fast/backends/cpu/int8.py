@@ -198,8 +198,8 @@ QPWCONV_MAX_BATCH = 8
 
 
 def pointwise_int8(step, in_shape: list) -> bool:
-    """Whether a conv runs as QPWCONV (oneDNN's brgemm micro-kernel on AMX-INT8, without ATen's per-call
-    qconv wrapper): where `program.pointwise` allows int8, for a batch of at most QPWCONV_MAX_BATCH."""
+    """Whether a conv runs as QPWCONV (AMX-INT8 tiles, without ATen's per-call qconv
+    wrapper): where `program.pointwise` allows int8, for a batch of at most QPWCONV_MAX_BATCH."""
     return program.pointwise(step, torch.int8) and in_shape[0] <= QPWCONV_MAX_BATCH
 
 

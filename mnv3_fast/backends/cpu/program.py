@@ -3,9 +3,10 @@ oneDNN, then the whole network encoded for `mnv3::run_cpu_program`.
 
 The 1x1 convs (expand, project, last stage) run on oneDNN, with weights
 pre-packed once, the activation and the residual add fused in:
-* as PWCONV, on oneDNN's brgemm micro-kernel through ATen's cpublas (float32,
-  and bfloat16 with AMX): no per-call conv wrapper, which at batch 1 cost about
-  as much as the convs' arithmetic;
+* as PWCONV, a loop over output tiles in csrc/pointwise_conv.cpp (float32, and
+  bfloat16 with AMX; tiles on our AMX micro-kernel, our fp32 register tiles on
+  AVX-512, or oneDNN's brgemm micro-kernel through ATen's cpublas): no per-call
+  conv wrapper, which at batch 1 cost about as much as the convs' arithmetic;
 * else as CONV, oneDNN convolutions (the ATen ops torch.compile's CPU backend
   uses), weights in oneDNN's blocked layout.
 ATen's own conv2d picks a slow fallback for many of MobileNetV3's 1x1 shapes in
@@ -49,9 +50,9 @@ HAS_ONEDNN_BF16 = _onednn_bf16()
 
 
 def _pointwise_dtypes() -> tuple:
-    """The dtypes whose 1x1 convs run as PWCONV (oneDNN's brgemm micro-kernel, without ATen's per-call
-    conv wrapper): what the extension reports for this build and CPU (float32 where torch has the fp32
-    brgemm; bfloat16 with AMX).  MNV3_CPU_PWCONV=0 keeps every 1x1 conv on oneDNN's convolution."""
+    """The dtypes whose 1x1 convs run as PWCONV (tile loops, without ATen's per-call conv wrapper): what
+    the extension reports for this build and CPU (float32 where torch has the fp32 brgemm; bfloat16 with
+    AMX).  MNV3_CPU_PWCONV=0 keeps every 1x1 conv on oneDNN's convolution."""
     if _C is None or os.environ.get("MNV3_CPU_PWCONV", "1") == "0":
         return ()
     return tuple(getattr(torch, name) for name in _C.POINTWISE_DTYPES)
