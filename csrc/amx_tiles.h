@@ -22,8 +22,9 @@
 #include <cstring>
 #include <type_traits>
 
+// (CPUBLAS_BRGEMM_BF16BF16F32: torch 2.7 or later, whose cpublas has could_pack and brgemm_release.)
 #if defined(CPU_CAPABILITY_AVX512) && defined(__linux__) && defined(__x86_64__) && \
-    (defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11)
+    defined(CPUBLAS_BRGEMM_BF16BF16F32) && (defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11)
 #define MNV3_HAS_AMX_TILES 1
 #include <immintrin.h>
 #include <sys/syscall.h>
