@@ -96,6 +96,18 @@ AmxTiles<X> amx_input(const X* x, const typename amx::Types<X>::W* w, int64_t M,
 }
 #endif
 
+// The tile loop of a weight in VNNI order (bf16, int8): our AMX tiles where they run, else ATen's brgemm.
+template <typename Acc, typename X, typename W, typename Epilogue>
+void for_each_vnni_tile(const X* x, const W* w, int64_t M, int64_t N, int64_t K, const Epilogue& epilogue) {
+#ifdef MNV3_HAS_AMX_TILES
+  if (amx::tiles_enabled<X>()) {
+    std::vector<X> padded;
+    return for_each_tile<Acc>(M, N, amx_input(x, w, M, K, padded), epilogue);
+  }
+#endif
+  for_each_tile<Acc>(M, N, BrgemmTiles<X, W>{x, w, K, true}, epilogue);
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
 // float32 on AVX-512: our own register tiles instead of brgemm.  A micro-tile is R pixels x NV vectors of
 // 16 output channels, accumulated in R * NV zmm registers over all of K, then biased, activated, added to
@@ -223,15 +235,11 @@ void run_tiles(const T* x, const T* w, const float* bias, const T* res, T* y, in
   auto epilogue = [&](const float* acc, int64_t m0, int64_t n0, int64_t rows, int64_t nv) {
     store_tile<T, A>(acc, rows, nv, bias + n0, res ? res + m0 * N + n0 : nullptr, y + m0 * N + n0, N);
   };
-#ifdef MNV3_HAS_AMX_TILES
   if constexpr (vnni) {
-    if (amx::tiles_enabled<T>()) {
-      std::vector<T> padded;
-      return for_each_tile<float>(M, N, amx_input(x, w, M, K, padded), epilogue);
-    }
+    for_each_vnni_tile<float>(x, w, M, N, K, epilogue);
+  } else {
+    for_each_tile<float>(M, N, BrgemmTiles<T, T>{x, w, K, false}, epilogue);
   }
-#endif
-  for_each_tile<float>(M, N, BrgemmTiles<T, T>{x, w, K, vnni}, epilogue);
 }
 
 // int32 lanes as fp32, the first n of them.
@@ -277,13 +285,7 @@ void run_tiles_int8(const uint8_t* x, const int8_t* w, const float* scale, const
     store_tile_int8<A>(acc, rows, nv, scale + n0, shift + n0, res ? res + m0 * N + n0 : nullptr, res_scale, res_zp,
                        y + m0 * N + n0, N, out);
   };
-#ifdef MNV3_HAS_AMX_TILES
-  if (amx::tiles_enabled<uint8_t>()) {
-    std::vector<uint8_t> padded;
-    return for_each_tile<int32_t>(M, N, amx_input(x, w, M, K, padded), epilogue);
-  }
-#endif
-  for_each_tile<int32_t>(M, N, BrgemmTiles<uint8_t, int8_t>{x, w, K, true}, epilogue);
+  for_each_vnni_tile<int32_t>(x, w, M, N, K, epilogue);
 }
 #endif
 
