@@ -84,6 +84,24 @@ def _replace_conv(model):
         model.out_conv2[3].weight.mul_(-1)
 
 
+class _DoubledHSwish(reference.HSwish):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def _swap_class(model):
+    model.init_conv[2].__class__ = _DoubledHSwish  # (no attribute set: only the object's type changes)
+
+
+def _set_data(model):
+    conv = model.block[4].expand_conv[0]
+    conv.weight.data = conv.weight.data * 1.5  # (new storage, same tensor object and version)
+
+
+def _one_bn_in_train_mode(model):
+    model.block[2].depthwise_conv[1].train()
+
+
 MUTATIONS = {
     "fused AdamW step in eval mode": _fused_adamw_step,
     "bn.eps changed": _set_eps,
@@ -94,6 +112,9 @@ MUTATIONS = {
     "a conv weight scaled through .data": _data_write_conv_weight,
     "parameter-free submodule replaced": _replace_activation,
     "submodule replaced": _replace_conv,
+    "a submodule's __class__ assigned": _swap_class,
+    "weight.data assigned": _set_data,
+    "one BN in train mode": _one_bn_in_train_mode,
 }
 
 
@@ -153,6 +174,36 @@ def test_python_walk_sees_what_the_cpp_walk_sees(models):
         handle.remove()
         assert read(fast).hooked is None
         fast.init_conv[2] = reference.HSwish()
+
+
+def _register_hook(model):
+    model.block[1].register_forward_pre_hook(lambda *a: None)
+
+
+RECHECKED = {**MUTATIONS, "forward hook registered": _register_hook,
+             "requires_grad_ turned off": lambda model: model.block[0].project_conv[0].weight.requires_grad_(False),
+             "buffer registered": lambda model: model.block[0].register_buffer("extra", torch.ones(3)),
+             "submodule deleted": lambda model: delattr(model.block[5], "se") if hasattr(model.block[5], "se") else
+             model.block[5]._modules.popitem(),
+             "model-level attribute set": lambda model: setattr(model, "training", True)}
+
+
+@pytest.mark.parametrize("mutate", RECHECKED.values(), ids=RECHECKED.keys())
+def test_recheck_sees_every_change(models, mutate):
+    """The per-call re-check (_C.state_unchanged) against the snapshot the last walk took: true while
+    nothing changed (reads included), false after each change."""
+    _, fast = fresh(models)
+    state = read_state(fast)
+    if state.snapshot is None:
+        pytest.skip("no snapshot on this Python (3.13+: attribute sets do not reach dict watchers); every call walks")
+    check = lambda: mnv3_fast._C.state_unchanged(fast, state.snapshot)  # noqa: E731
+    with torch.no_grad():
+        fast(X)
+    _ = fast.block[1].training, fast.block[1].__dict__, list(fast.named_parameters())
+    assert check()
+    torch.manual_seed(0)
+    mutate(fast)
+    assert not check()
 
 
 class TestHooks:

@@ -88,6 +88,7 @@ class ModelState(NamedTuple):
     hooked: Optional[nn.Module]  # a submodule with forward/backward hooks (or the model: global hooks)
     training: Optional[nn.Module]  # a submodule in train mode whose output depends on it (BN, dropout)
     keep_alive: list  # every submodule, parameter and buffer: held with the key, so the ids it hashed stay unique
+    snapshot: Any = None  # what the C++ walk read, for its cheap re-check (_C.state_unchanged); valid with keep_alive
 
     @property
     def first_parameter(self) -> Optional[torch.Tensor]:
@@ -136,18 +137,25 @@ def read_state_python(model: nn.Module) -> ModelState:
     return ModelState(hash((tuple(structure), tuple(parts))), requires_grad, hooked, training, keep + tensors)
 
 
-def read_state(model: nn.Module) -> ModelState:
-    """One read of everything the fold reads (the C++ walk when the extension is loaded)."""
+def _read_model(model: nn.Module) -> ModelState:
+    """The walk: in C++ when the extension is loaded, else in Python.  Global hooks not included."""
     if _C is None:
-        state = read_state_python(model)
-    else:
-        key, requires_grad, cacheable, hooked, training, keep = _C.model_state(model, _HYPERPARAMETERS_BY_NAME,
-                                                                                 MODE_SENSITIVE)
-        state = ModelState(key if cacheable else None, requires_grad, hooked, training, keep)
+        return read_state_python(model)
+    key, requires_grad, cacheable, hooked, training, keep, snapshot = _C.model_state(
+        model, _HYPERPARAMETERS_BY_NAME, MODE_SENSITIVE)
+    return ModelState(key if cacheable else None, requires_grad, hooked, training, keep, snapshot)
+
+
+def _with_global_hooks(state: ModelState, model: nn.Module) -> ModelState:
     if state.hooked is None and (_module._global_forward_hooks or _module._global_forward_pre_hooks
                                  or _module._global_backward_hooks or _module._global_backward_pre_hooks):
-        state = state._replace(hooked=model)  # (global module hooks; spelled out: this runs on every call)
+        return state._replace(hooked=model)  # (global module hooks; spelled out: this runs on every call)
     return state
+
+
+def read_state(model: nn.Module) -> ModelState:
+    """One read of everything the fold reads (the C++ walk when the extension is loaded)."""
+    return _with_global_hooks(_read_model(model), model)
 
 
 def module_path(model: nn.Module, target: nn.Module) -> str:
@@ -181,17 +189,20 @@ class PlanCache:
         self._entries: dict[str, OrderedDict] = {}
 
     def view(self, model: nn.Module, validate: bool = True) -> "CacheView":
-        """Reads the model's state and returns the entries valid for it.  validate=False reuses the
-        state read last (if any) without reading the model again: see MobileNetV3.validate_cache."""
-        last = self._state
-        if not validate and last is not None:
-            return CacheView(self, last)
-        state = read_state(model)
+        """Checks the model's state and returns the entries valid for it: a cheap re-check of what the
+        last walk read where the extension has one (`_C.state_unchanged`), else a new walk.
+        validate=False reuses the state read last (if any) without checking: see
+        MobileNetV3.validate_cache."""
+        last = self._state  # (global hooks are not part of it: they are looked at on every call)
+        if last is not None and (not validate or (last.snapshot is not None
+                                                  and _C.state_unchanged(model, last.snapshot))):
+            return CacheView(self, _with_global_hooks(last, model))
+        state = _read_model(model)
         with self._lock:
             if state.key is None or state.key != self._key:
                 self._key, self._keep_alive, self._entries = state.key, state.keep_alive, {}
             self._state = state if state.key is not None else None
-        return CacheView(self, state)
+        return CacheView(self, _with_global_hooks(state, model))
 
     def clear(self) -> None:
         with self._lock:
