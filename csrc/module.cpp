@@ -20,6 +20,9 @@
 #include <vector>
 #include <cstring>
 
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <c10/core/GradMode.h>
 #include <torch/csrc/Exceptions.h>
 
 #include "ops.h"
@@ -335,6 +338,37 @@ PyObject* state_unchanged(PyObject*, PyObject* args) {
   return PyBool_FromLong(digest.cacheable && digest.digest() == snap->tensor_digest);
 }
 
+// call_key(x, weights_require_grad) -> a tuple of ints: what of the input and of the thread's state the
+// choice of a backend depends on (mnv3_fast.backends.call_signature): shape, dtype, device, whether
+// autograd must flow (grad mode, and x or a weight requires grad), autocast's dtype for x's device (-1:
+// off), torch's thread count.  One call instead of seven Python ones: at batch 1, right after a forward,
+// those cost ~40 us.
+PyObject* call_key(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject* x;
+  int weights_grad = 0;
+  if (!PyArg_ParseTuple(args, "Op", &x, &weights_grad)) return nullptr;
+  if (!THPVariable_Check(x)) {
+    PyErr_Format(PyExc_TypeError, "call_key: expected a tensor, got %s", Py_TYPE(x)->tp_name);
+    return nullptr;
+  }
+  const at::Tensor& t = THPVariable_Unpack(x);
+  const c10::Device device = t.device();
+  const bool grad = c10::GradMode::is_enabled() && (weights_grad || t.requires_grad());
+  const int64_t autocast = at::autocast::is_autocast_enabled(device.type())
+                               ? static_cast<int64_t>(at::autocast::get_autocast_dtype(device.type()))
+                               : -1;
+  const int64_t head[] = {static_cast<int64_t>(t.scalar_type()), static_cast<int64_t>(device.type()), device.index(),
+                          grad, autocast, at::get_num_threads(), t.dim()};
+  constexpr Py_ssize_t kHead = sizeof(head) / sizeof(head[0]);
+  PyObject* key = PyTuple_New(kHead + t.dim());
+  if (!key) return nullptr;
+  for (Py_ssize_t i = 0; i < kHead; ++i) PyTuple_SET_ITEM(key, i, PyLong_FromLongLong(head[i]));
+  for (int64_t d = 0; d < t.dim(); ++d) PyTuple_SET_ITEM(key, kHead + d, PyLong_FromLongLong(t.size(d)));
+  return key;
+  END_HANDLE_TH_ERRORS
+}
+
 PyObject* program_table() {
   PyObject* opcodes = PyTuple_New(mnv3::kNumOpcodes);
   for (int64_t i = 0; i < mnv3::kNumOpcodes; ++i) {
@@ -381,6 +415,7 @@ PyMethodDef methods[] = {
     {"model_state", model_state, METH_VARARGS,
      "model_state(model, hyperparameters, mode_sensitive, read_content=True) -> (hash, any_requires_grad, cacheable, "
      "hooked, training, keep_alive, snapshot)"},
+    {"call_key", call_key, METH_VARARGS, "call_key(x, weights_require_grad) -> what the choice of a backend reads of x"},
     {"state_unchanged", state_unchanged, METH_VARARGS,
      "state_unchanged(model, snapshot) -> whether nothing model_state read has changed since"},
     {nullptr, nullptr, 0, nullptr},

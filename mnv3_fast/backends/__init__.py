@@ -26,11 +26,17 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ..ops._library import EXTENSION_ERROR
 from .base import Backend, Call, _tracing, make_call
 from .cpu import CpuProgramBackend
 from .cuda import CudaBackend
 from .generic import GenericBackend
 from .reference import ReferenceBackend
+
+if EXTENSION_ERROR is None:
+    from .. import _C
+else:
+    _C = None
 
 CPU_PROGRAM = CpuProgramBackend()
 CUDA = CudaBackend()
@@ -73,26 +79,39 @@ def select(model, call: Call) -> Backend:
     raise AssertionError("the reference backend runs anything")  # (unreachable: REFERENCE has no reasons)
 
 
-def call_signature(model, x: torch.Tensor, state) -> tuple:
-    """Everything besides the model's state (the cache key) that the choice of a backend, and what the
-    CPU backend prepares, depend on: the input's shape, dtype and device, grad, autocast, torch's thread
-    count, the model's CPU settings, hooks (not part of the key) and the priority list itself."""
+def _call_key(x: torch.Tensor, weights_require_grad: bool) -> tuple:
+    """What of the input and of the thread's state the choice depends on (the extension's `call_key`
+    reads the same in one call)."""
     device = x.device.type
     autocast = torch.is_autocast_enabled(device)
-    return (x.shape, x.dtype, x.device, torch.is_grad_enabled() and (x.requires_grad or state.requires_grad),
-            autocast and torch.get_autocast_dtype(device), torch.get_num_threads(), model.cpu_chunk_bytes,
-            model.cpu_adaptive_threads, state.hooked is None, PRIORITY.get(device, DEFAULT_PRIORITY))
+    return (x.shape, x.dtype, x.device, torch.is_grad_enabled() and (x.requires_grad or weights_require_grad),
+            autocast and torch.get_autocast_dtype(device), torch.get_num_threads())
+
+
+call_key = _call_key if _C is None else _C.call_key
+
+
+def call_signature(model, x: torch.Tensor, state, device: Optional[str] = None) -> tuple:
+    """Everything besides the model's state (the cache key) that the choice of a backend, and what the
+    CPU backend prepares, depend on: the input's shape, dtype and device, grad, autocast, torch's thread
+    count (`call_key`), the model's CPU settings, hooks (not part of the key) and the priority list
+    itself.  `device`: x's device type, where the caller has it."""
+    return (call_key(x, state.requires_grad), model.cpu_chunk_bytes, model.cpu_adaptive_threads,
+            state.hooked is None, PRIORITY.get(device or x.device.type, DEFAULT_PRIORITY))
 
 
 def run_shortcut(model, x) -> tuple[Optional[torch.Tensor], Optional[object]]:
     """`model(x)` on the backend that ran the last call like it, if the model has not changed since;
     returns (the output or None, the cache view this call read, for the full path to reuse)."""
-    if type(x) is not torch.Tensor or x.device.type not in PRIORITY or _tracing():
+    if type(x) is not torch.Tensor or _tracing():
         return None, None  # (the full path says what is wrong with an odd input)
+    device = x.device.type
+    if device not in PRIORITY:
+        return None, None
     view = model._plans.view(model, validate=model.validate_cache)
     if view.state.key is None:
         return None, view
-    found = view.lookup("shortcut", call_signature(model, x, view.state))
+    found = view.lookup("shortcut", call_signature(model, x, view.state, device))
     if found is None:
         return None, view
     backend, facts = found
