@@ -40,11 +40,11 @@ class MobileNetV3(ref.MobileNetV3):
     #: faster (on a machine where another process takes a core, OpenMP threads stall each other; see
     #: mnv3_fast/backends/cpu/threads.py).  False: always torch's setting.
     cpu_adaptive_threads: bool = True
-    #: Every call re-reads the model's state (modules, hyperparameters, parameters and buffers: their
+    #: Every call re-checks the model's state (modules, hyperparameters, parameters and buffers: their
     #: identity, version and, on the CPU, content) so that no cached fold is ever stale; measured on a
-    #: 2-vCPU Xeon, 0.1-0.15 ms per call after a forward has cooled the caches (~6% of Small at batch
-    #: 1).  False skips it: only for a model that no longer changes (deployment); after a change, call
-    #: clear_fused_cache().
+    #: 2-vCPU Xeon, 0.05-0.1 ms per call after a batch-1 forward has cooled the caches (Small to
+    #: Large; Python 3.13+ walks the whole model instead, 0.14-0.21 ms on 3.11).  False skips it: only for a
+    #: model that no longer changes (deployment); after a change, call clear_fused_cache().
     validate_cache: bool = True
 
     #: CUDA: run each eval forward as a captured CUDA graph (see `cuda_graphs`).
