@@ -16,9 +16,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <vector>
-#include <cstring>
 
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
@@ -201,7 +201,6 @@ PyObject* model_state(PyObject*, PyObject* args) {
   TensorDigest digest;
   digest.read_content = read_content;
   auto snap = std::make_unique<Snapshot>();
-
   snap->model = model;
   snap->read_content = read_content;
   uint64_t structure = 0x84222325CBF29CE4ull;
