@@ -119,10 +119,15 @@ struct TensorDigest {
 // * 3.13 on: an attribute set (`module.training = False`) writes the object's
 //   inline values without calling the watchers of its __dict__ (measured on
 //   3.13.0), so there is no cheap answer: no snapshot, every call walks.
+//
+// dict_version(d): its version (up to 3.11; else 0).  watch_dict(d): watch it (3.12; else nothing to do).
+// dict_events(): modifications of any watched dict so far (3.12; else 0).  init_dict_watcher(): once, at import.
 #if PY_VERSION_HEX >= 0x030D0000
 constexpr bool kSnapshots = false, kDictWatchers = false;
 uint64_t dict_version(PyObject*) { return 0; }
 bool watch_dict(PyObject*) { return true; }
+uint64_t dict_events() { return 0; }
+bool init_dict_watcher() { return true; }
 #elif PY_VERSION_HEX >= 0x030C0000
 constexpr bool kSnapshots = true, kDictWatchers = true;
 std::atomic<uint64_t> g_dict_events{0};  // modifications of any watched dict, ever
@@ -133,10 +138,14 @@ int count_dict_event(PyDict_WatchEvent, PyObject*, PyObject*, PyObject*) {
 }
 uint64_t dict_version(PyObject*) { return 0; }
 bool watch_dict(PyObject* d) { return PyDict_Watch(g_dict_watcher, d) == 0; }
+uint64_t dict_events() { return g_dict_events.load(std::memory_order_relaxed); }
+bool init_dict_watcher() { return g_dict_watcher >= 0 || (g_dict_watcher = PyDict_AddWatcher(count_dict_event)) >= 0; }
 #else
 constexpr bool kSnapshots = true, kDictWatchers = false;
 uint64_t dict_version(PyObject* d) { return reinterpret_cast<PyDictObject*>(d)->ma_version_tag; }
 bool watch_dict(PyObject*) { return true; }
+uint64_t dict_events() { return 0; }
+bool init_dict_watcher() { return true; }
 #endif
 
 // What one full walk read, so that the next call can tell cheaply whether any
@@ -154,7 +163,7 @@ struct Snapshot {
   std::vector<Step> steps;  // in walk order: a module, its __dict__, its dicts; then its children
   std::vector<PyObject*> tensors;  // every parameter and buffer (or None), in walk order
   uint64_t tensor_digest = 0;
-  uint64_t dict_events = 0;  // (3.12+) g_dict_events when the walk ended
+  uint64_t dict_events = 0;  // dict_events() when the walk ended
   bool read_content = true;
 
   void add_module(PyObject* m, PyObject* dict) {
@@ -287,20 +296,19 @@ PyObject* model_state(PyObject*, PyObject* args) {
   }
   uint64_t h = digest.digest();
   mix(h, structure);
-  PyObject* capsule = Py_None;
-  Py_INCREF(Py_None);
+  PyObject* capsule = nullptr;
   if (kSnapshots && digest.cacheable) {
     snap->tensor_digest = digest.digest();
-#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000
-    snap->dict_events = g_dict_events.load(std::memory_order_relaxed);
-#endif
-    Py_DECREF(Py_None);
+    snap->dict_events = dict_events();
     capsule = PyCapsule_New(snap.get(), kSnapshotName, free_snapshot);
     if (!capsule) {
       Py_DECREF(keep);
       return nullptr;
     }
     snap.release();
+  } else {
+    capsule = Py_None;
+    Py_INCREF(Py_None);
   }
   return Py_BuildValue("(KOOOONN)", static_cast<unsigned long long>(h), digest.any_grad ? Py_True : Py_False,
                        digest.cacheable ? Py_True : Py_False, hooked, training, keep, capsule);
@@ -317,9 +325,7 @@ PyObject* state_unchanged(PyObject*, PyObject* args) {
   auto* snap = static_cast<Snapshot*>(PyCapsule_GetPointer(capsule, kSnapshotName));
   if (!snap) return nullptr;
   if (snap->model != model) Py_RETURN_FALSE;
-#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000
-  if (g_dict_events.load(std::memory_order_relaxed) != snap->dict_events) Py_RETURN_FALSE;
-#endif
+  if (dict_events() != snap->dict_events) Py_RETURN_FALSE;  // (3.12: some watched dict was modified)
   for (const Snapshot::Step& s : snap->steps) {
     if (s.type) {  // a module (alive: keep_alive holds it; the model is the caller's): same type, same __dict__
       PyObject** dict_ptr = _PyObject_GetDictPtr(s.object);
@@ -425,9 +431,7 @@ PyModuleDef mnv3_module = {PyModuleDef_HEAD_INIT, "_C", "mnv3_fast C++ CPU kerne
 }  // namespace
 
 PyMODINIT_FUNC PyInit__C(void) {
-#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000
-  if (g_dict_watcher < 0 && (g_dict_watcher = PyDict_AddWatcher(count_dict_event)) < 0) return nullptr;
-#endif
+  if (!init_dict_watcher()) return nullptr;
   PyObject* m = PyModule_Create(&mnv3_module);
   if (m && (PyModule_AddObject(m, "PROGRAM_TABLE", program_table()) < 0 ||
             PyModule_AddObject(m, "POINTWISE_DTYPES", pointwise_dtypes()) < 0)) {
